@@ -1,0 +1,5 @@
+import sys
+
+from hal0proxy.cli import main
+
+sys.exit(main())

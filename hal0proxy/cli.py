@@ -1,0 +1,71 @@
+"""Command line: ``hal0proxy serve|demo|emulate|check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _parse_static_route(value: str) -> tuple[str, int]:
+    name, sep, port = value.partition("=")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected MODEL=PORT, got {value!r}")
+    return name, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hal0proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy in front of lemond")
+    serve.add_argument("--listen", type=_parse_listen, default=None, help="HOST:PORT (default 127.0.0.1:8080)")
+    serve.add_argument("--lemond", default=None, help="lemond base URL (default http://127.0.0.1:13305)")
+    serve.add_argument("--config", default=None, help="TOML configuration file")
+    serve.add_argument(
+        "--static-route",
+        type=_parse_static_route,
+        action="append",
+        default=[],
+        metavar="MODEL=PORT",
+        help="serve MODEL from a fixed child port and do not talk to lemond (benchmarks, debugging)",
+    )
+
+    demo = sub.add_parser("demo", help="run the lemond emulator (fake children) and the proxy together")
+    demo.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 8080))
+    demo.add_argument("--emulator-port", type=int, default=13305)
+
+    sub.add_parser("emulate", help="run the lemond emulator (see `hal0proxy emulate --help`)", add_help=False)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "emulate":
+        from hal0proxy.emulator.cli import main as emulate_main
+
+        return emulate_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    from hal0proxy import app
+
+    if args.command == "serve":
+        return app.run_serve(args)
+    if args.command == "demo":
+        return app.run_demo(args)
+    if args.command == "check-config":
+        return app.run_check_config(args.file)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

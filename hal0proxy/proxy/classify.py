@@ -1,0 +1,82 @@
+"""Which model a ``/v1/*`` request is for, decided from its path and body (pure, no I/O).
+
+The body is parsed only to read ``model``; the bytes forwarded to the child stay untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from hal0proxy.http.errors import ProxyError
+
+# hal0's path defaults: a request without a model on these paths goes to the named slot.
+_PATH_DEFAULT_SLOTS: tuple[tuple[str, str], ...] = (
+    ("/v1/embeddings", "embed"),
+    ("/v1/rerank", "rerank"),
+    ("/v1/audio/speech", "tts"),
+    ("/v1/audio/transcriptions", "stt"),
+    ("/v1/audio/translations", "stt"),
+    ("/v1/images/", "img"),
+)
+_CHAT_DEFAULT_SLOTS = ("chat", "primary")
+
+# Path rewrites applied to the upstream request line (hal0 compatibility).
+_UPSTREAM_REWRITES = {"/v1/rerankings": "/v1/rerank", "/v1/reranker": "/v1/rerank"}
+
+_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*\r\n([^\r\n]{1,512})\r\n')
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    model: str | None  # what the client asked for (slot name or lemond model name), if anything
+    default_slots: tuple[str, ...]  # candidates when ``model`` is None, in order of preference
+    upstream_path: bytes  # request target to send to the child
+    streaming: bool
+
+
+def default_slots_for(path: str) -> tuple[str, ...]:
+    for prefix, slot in _PATH_DEFAULT_SLOTS:
+        if path.startswith(prefix):
+            return (slot,)
+    return _CHAT_DEFAULT_SLOTS
+
+
+def upstream_target(path: str, query: bytes) -> bytes:
+    rewritten = _UPSTREAM_REWRITES.get(path, path)
+    return rewritten.encode() + (b"?" + query if query else b"")
+
+
+def model_from_body(content_type: bytes, body: bytes) -> tuple[str | None, bool]:
+    """Return ``(model, stream)`` from a request body; raise 400 on malformed JSON."""
+    if not body:
+        return None, False
+    ctype = content_type.split(b";", 1)[0].strip().lower()
+    if ctype == b"multipart/form-data":
+        match = _MULTIPART_MODEL.search(body)
+        return (match.group(1).decode("utf-8", "replace").strip() if match else None), False
+    if ctype and ctype != b"application/json" and not ctype.endswith(b"+json") and not body.lstrip()[:1] == b"{":
+        # Like llama-server, accept a JSON object whatever the declared type (curl -d sends form type).
+        return None, False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, "request.invalid_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProxyError(400, "request.invalid_json", "request body must be a JSON object")
+    model = doc.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ProxyError(400, "request.invalid_json", "'model' must be a string")
+    return (model or None), doc.get("stream") is True
+
+
+def classify(path: str, query: bytes, content_type: bytes, body: bytes) -> Classified:
+    model, streaming = model_from_body(content_type, body)
+    return Classified(
+        model=model,
+        default_slots=default_slots_for(path),
+        upstream_path=upstream_target(path, query),
+        streaming=streaming,
+    )

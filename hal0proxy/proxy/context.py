@@ -1,0 +1,40 @@
+"""Everything a client connection needs, built once by the composition root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hal0proxy.http.messages import HttpRequest, LocalHandler
+from hal0proxy.proxy.routing import Router
+from hal0proxy.proxy.settings import ProxySettings
+from hal0proxy.proxy.upstream import UpstreamPool
+
+
+@dataclass(slots=True)
+class DataPlaneStats:
+    """Plain counters bumped on the hot path; metrics read them at scrape time."""
+
+    connections_open: int = 0
+    client_disconnects: int = 0
+    retries: int = 0
+    reroutes: int = 0
+    streams_interrupted: int = 0
+    chunks_relayed: int = 0
+
+
+Observer = Callable[[HttpRequest | None, int, float], None]
+
+
+def _ignore(_req: HttpRequest | None, _status: int, _seconds: float) -> None:
+    return None
+
+
+@dataclass(slots=True)
+class ProxyContext:
+    router: Router
+    pool: UpstreamPool
+    settings: ProxySettings = field(default_factory=ProxySettings)
+    local: LocalHandler | None = None
+    stats: DataPlaneStats = field(default_factory=DataPlaneStats)
+    observe: Observer = _ignore

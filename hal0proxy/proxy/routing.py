@@ -1,0 +1,85 @@
+"""The one interface through which the data plane learns where a request goes.
+
+The data plane never reads lemond state directly: it asks a ``Router`` for a ``Lease`` (a
+port plus bookkeeping for in-flight counts) and hands the lease back when the exchange ends.
+The production router is fed by the lemond adapter and the slot policy; ``StaticRouter`` is a
+fixed table for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hal0proxy.http.errors import ProxyError
+from hal0proxy.proxy.classify import Classified
+
+
+class Lease(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def slot(self) -> str: ...
+
+    def release(self) -> None: ...
+
+
+class Router(Protocol):
+    async def acquire(self, request: Classified) -> Lease:
+        """Return where to send ``request``; may wait for a load; raises ``ProxyError``."""
+        ...
+
+    async def reroute(self, lease: Lease) -> Lease | None:
+        """Called after a connect to ``lease.port`` failed: a fresh lease, or None if hopeless.
+
+        The old lease has already been released by the caller.
+        """
+        ...
+
+    def models_payload(self) -> dict[str, Any]:
+        """Body of ``GET /v1/models`` from the proxy's view."""
+        ...
+
+
+@dataclass(slots=True)
+class StaticLease:
+    port: int
+    slot: str
+    released: bool = False
+
+    def release(self) -> None:
+        self.released = True
+
+
+@dataclass
+class StaticRouter:
+    """model name -> port, fixed. Unknown models get 404 ``dispatch.no_route``."""
+
+    table: dict[str, int]
+    default: str | None = None
+    in_flight: dict[str, int] = field(default_factory=dict)
+
+    async def acquire(self, request: Classified) -> Lease:
+        name = request.model
+        if name is None:
+            name = next((s for s in request.default_slots if s in self.table), self.default)
+        if name is None:
+            raise ProxyError(
+                400, "request.missing_model", "request has no 'model' and no default slot applies"
+            )
+        port = self.table.get(name)
+        if port is None:
+            raise ProxyError(404, "dispatch.no_route", f"no route for model {name!r}", {"model": name})
+        return StaticLease(port=port, slot=name)
+
+    async def reroute(self, lease: Lease) -> Lease | None:
+        return None
+
+    def models_payload(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "hal0proxy"} for name in self.table
+            ],
+        }
