@@ -4,14 +4,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import os
 import signal
+import subprocess
 import sys
+import time
+import urllib.request
 
+from hal0proxy.api.admin import AdminApi
+from hal0proxy.config import Config, ConfigError, SlotConfig, load_config
+from hal0proxy.control.controller import Controller
+from hal0proxy.lemond.adapter import LemondAdapter
+from hal0proxy.metrics import Metrics
 from hal0proxy.proxy.context import ProxyContext
-from hal0proxy.proxy.routing import StaticRouter
+from hal0proxy.proxy.routing import Router, StaticRouter
 from hal0proxy.proxy.server import install_event_loop_policy, start_listener
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
+
+
+def settings_from(config: Config) -> ProxySettings:
+    limits = config.limits
+    return ProxySettings(
+        max_body_bytes=limits.max_body_bytes,
+        max_header_bytes=limits.max_header_bytes,
+        request_timeout_s=limits.request_timeout_s,
+        keepalive_timeout_s=limits.keepalive_timeout_s,
+        upstream_connect_timeout_s=limits.upstream_connect_timeout_s,
+        upstream_first_byte_timeout_s=limits.upstream_first_byte_timeout_s,
+        forward_conversation_id=config.forward_conversation_id,
+        api_keys=config.api_keys,
+    )
 
 
 async def _wait_for_signal() -> None:
@@ -22,33 +47,152 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def serve_static(host: str, port: int, table: dict[str, int], settings: ProxySettings) -> None:
-    ctx = ProxyContext(router=StaticRouter(table), pool=UpstreamPool(), settings=settings)
-    server = await start_listener(ctx, host, port)
-    print(f"hal0proxy listening on http://{host}:{port} (static routes: {table})", flush=True)
+class Proxy:
+    """The running system: listener, data plane, control coroutine, admin API, metrics."""
+
+    def __init__(self, config: Config, static_routes: dict[str, int] | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.controller: Controller | None = None
+        router: Router
+        if static_routes:
+            router = StaticRouter(static_routes)
+        else:
+            adapter = LemondAdapter(config.lemond_url, on_route_stable=self.metrics.route_stable)
+            self.controller = Controller(config, adapter)
+            router = self.controller
+        settings = settings_from(config)
+        self.ctx = ProxyContext(
+            router=router,
+            pool=UpstreamPool(connect_timeout_s=settings.upstream_connect_timeout_s),
+            settings=settings,
+            observe=self.metrics.observe_request,
+        )
+        if self.controller is not None:
+            self.ctx.local = AdminApi(self.controller, config.admin_token, metrics=self._render_metrics)
+            self.metrics.bind(self.controller, self.ctx.stats)
+        self.server: asyncio.Server | None = None
+
+    def _render_metrics(self) -> tuple[bytes, bytes]:
+        return self.metrics.render()
+
+    async def start(self) -> None:
+        host, port = self.config.listen
+        self.server = await start_listener(self.ctx, host, port)
+        if self.controller is not None:
+            await self.controller.start()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        # Phase 1: stop accepting; phase 2: stop the control plane; phase 3: drop idle upstreams.
+        if self.server is not None:
+            self.server.close()
+        if self.controller is not None:
+            await self.controller.stop()
+        self.ctx.pool.close()
+
+
+async def serve(config: Config, static_routes: dict[str, int] | None = None) -> None:
+    proxy = Proxy(config, static_routes)
+    await proxy.start()
+    host, _ = config.listen
+    target = f"static routes {static_routes}" if static_routes else f"lemond at {config.lemond_url}"
+    print(f"hal0proxy listening on http://{host}:{proxy.port} in front of {target}", flush=True)
     try:
         await _wait_for_signal()
     finally:
-        server.close()
-        ctx.pool.close()
+        await proxy.stop()
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    if args.listen:
+        config = dataclasses.replace(config, listen=args.listen)
+    if args.lemond:
+        config = dataclasses.replace(config, lemond_url=args.lemond.rstrip("/"))
+    return config
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    loop_name = install_event_loop_policy()
-    host, port = args.listen or ("127.0.0.1", 8080)
-    if args.static_route:
-        print(f"event loop: {loop_name}", flush=True)
-        asyncio.run(serve_static(host, port, dict(args.static_route), ProxySettings()))
-        return 0
-    print("serving in front of lemond is not available yet; use --static-route", file=sys.stderr)
-    return 2
+    try:
+        config = _config_from_args(args)
+    except ConfigError as exc:
+        print(f"hal0proxy: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    install_event_loop_policy()
+    asyncio.run(serve(config, dict(args.static_route) or None))
+    return 0
+
+
+DEMO_SLOTS = (
+    SlotConfig(name="primary", model="Qwen3-0.6B-GGUF", type="llm", warm=True, idle_timeout_s=600),
+    SlotConfig(name="chat", model="Qwen3-4B-GGUF", type="llm"),
+    SlotConfig(name="embed", model="nomic-embed-text-v1-GGUF", type="embedding", warm=True),
+    SlotConfig(name="rerank", model="bge-reranker-v2-m3-GGUF", type="reranking"),
+)
+
+
+def _wait_http(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    print("demo mode is not available yet", file=sys.stderr)
-    return 2
+    host, port = args.listen
+    emu_port = args.emulator_port
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hal0proxy.emulator",
+            "--port",
+            str(emu_port),
+            "--quiet",
+            "--unload-pause-seconds",
+            "0.5",
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        if not _wait_http(f"http://127.0.0.1:{emu_port}/live", 20):
+            print("hal0proxy demo: the lemond emulator did not start", file=sys.stderr)
+            return 1
+        config = Config(listen=(host, port), lemond_url=f"http://127.0.0.1:{emu_port}", slots=DEMO_SLOTS)
+        print(
+            f"lemond emulator on http://127.0.0.1:{emu_port} (fake llama-server children)\n"
+            f"try:\n"
+            f"  curl -N http://{host}:{port}/v1/chat/completions -d "
+            '\'{"model":"primary","stream":true,"messages":[{"role":"user","content":"hi"}]}\'\n'
+            f"  curl http://{host}:{port}/api/slots\n"
+            f"  curl -N http://{host}:{port}/api/v1/adapter/events\n"
+            f"  curl http://{host}:{port}/metrics",
+            flush=True,
+        )
+        install_event_loop_policy()
+        asyncio.run(serve(config))
+        return 0
+    finally:
+        emulator.terminate()
+        try:
+            emulator.wait(10)
+        except subprocess.TimeoutExpired:
+            emulator.kill()
 
 
 def run_check_config(path: str) -> int:
-    print("configuration files are not supported yet", file=sys.stderr)
-    return 2
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: OK ({len(config.slots)} slot(s), listen {config.listen[0]}:{config.listen[1]})")
+    return 0

@@ -57,7 +57,7 @@ def model_from_body(content_type: bytes, body: bytes) -> tuple[str | None, bool]
     if ctype == b"multipart/form-data":
         match = _MULTIPART_MODEL.search(body)
         return (match.group(1).decode("utf-8", "replace").strip() if match else None), False
-    if ctype and ctype != b"application/json" and not ctype.endswith(b"+json") and not body.lstrip()[:1] == b"{":
+    if ctype and ctype != b"application/json" and not ctype.endswith(b"+json") and body.lstrip()[:1] != b"{":
         # Like llama-server, accept a JSON object whatever the declared type (curl -d sends form type).
         return None, False
     try:

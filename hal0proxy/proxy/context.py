@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hal0proxy.http.messages import HttpRequest, LocalHandler
+from hal0proxy.http.messages import LocalHandler
 from hal0proxy.proxy.routing import Router
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
@@ -23,10 +23,11 @@ class DataPlaneStats:
     chunks_relayed: int = 0
 
 
-Observer = Callable[[HttpRequest | None, int, float], None]
+# (slot, status, seconds, time to first byte) once per answered request
+Observer = Callable[[str | None, int, float, float | None], None]
 
 
-def _ignore(_req: HttpRequest | None, _status: int, _seconds: float) -> None:
+def _ignore(_slot: str | None, _status: int, _seconds: float, _ttfb: float | None) -> None:
     return None
 
 

@@ -9,9 +9,9 @@ told afterwards that a response went out, so its state machine still governs the
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import hmac
 import time
+from typing import cast
 
 import h11
 
@@ -61,6 +61,7 @@ class ClientConnection(asyncio.Protocol):
         "_task",
         "_timer",
         "_transport",
+        "_ttfb",
         "_upstream",
         "_write_paused",
     )
@@ -96,12 +97,13 @@ class ClientConnection(asyncio.Protocol):
         self._request_bytes = b""
         self._status = 0
         self._started = 0.0
+        self._ttfb = 0.0
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         settings = self._ctx.settings
-        transport.set_write_buffer_limits(high=settings.write_high_water, low=settings.write_low_water)
+        self._transport.set_write_buffer_limits(high=settings.write_high_water, low=settings.write_low_water)
         peer = transport.get_extra_info("peername")
         self._peer_host = peer[0] if isinstance(peer, tuple) else None
         self._ctx.stats.connections_open += 1
@@ -224,11 +226,7 @@ class ClientConnection(asyncio.Protocol):
         tokens = connection_tokens(headers)
         self._keep_alive = b"close" not in tokens if event.http_version == b"1.1" else b"keep-alive" in tokens
         for name, value in headers:
-            if (
-                name == b"content-length"
-                and value.isdigit()
-                and int(value) > self._ctx.settings.max_body_bytes
-            ):
+            if name == b"content-length" and value.isdigit() and int(value) > self._ctx.settings.max_body_bytes:
                 self._reject_too_large()
                 return False
         if self._h11.they_are_waiting_for_100_continue:
@@ -260,9 +258,7 @@ class ClientConnection(asyncio.Protocol):
         elif self._ctx.local is not None:
             self._task = self._loop.create_task(self._serve_local(req))
         else:
-            self._send_error(
-                ProxyError(404, "resource.not_found", f"no such endpoint: {path}", {"path": path})
-            )
+            self._send_error(ProxyError(404, "resource.not_found", f"no such endpoint: {path}", {"path": path}))
 
     def _check_api_key(self, req: HttpRequest) -> None:
         keys = self._ctx.settings.api_keys
@@ -339,9 +335,7 @@ class ClientConnection(asyncio.Protocol):
                     conn = await pool.connect(lease.port)
                 except ConnectTimeout:
                     self._task = None
-                    self._fail(
-                        ProxyError(504, "upstream.timeout", "timed out connecting to the model server")
-                    )
+                    self._fail(ProxyError(504, "upstream.timeout", "timed out connecting to the model server"))
                     return
                 except ConnectFailed as exc:
                     # The route is stale (child gone or moved): re-resolve instead of answering 502.
@@ -387,6 +381,7 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ Exchange callbacks
     def on_head(self, head: ResponseHead) -> None:
         self._cancel_timer()
+        self._ttfb = time.perf_counter()
         self._status = head.status
         parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason or reason_phrase(head.status))]
         sse = False
@@ -432,9 +427,7 @@ class ClientConnection(asyncio.Protocol):
         self._upstream = None
         self._ctx.stats.streams_interrupted += 1
         if not self._head_sent:
-            self._fail(
-                ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection")
-            )
+            self._fail(ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection"))
             return
         scanner = upstream.scanner if upstream is not None else None
         if self._resp_sse and self._resp_chunked and scanner is not None and scanner.at_boundary:
@@ -476,9 +469,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         if new_lease is None:
             self._task = None
-            self._fail(
-                ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection")
-            )
+            self._fail(ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection"))
             return
         self._lease = new_lease
         self._retried = True
@@ -542,8 +533,12 @@ class ClientConnection(asyncio.Protocol):
             self._send_error(err)
 
     def _response_done(self) -> None:
+        lease = self._lease
+        slot = lease.slot if lease is not None else None
         self._release_lease()
-        self._ctx.observe(self._req, self._status, time.perf_counter() - self._started)
+        now = time.perf_counter()
+        ttfb = self._ttfb - self._started if self._ttfb else None
+        self._ctx.observe(slot, self._status, now - self._started, ttfb)
         self._cancel_timer()
         keep_alive = self._keep_alive
         self._req = None

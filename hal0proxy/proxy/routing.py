@@ -65,9 +65,7 @@ class StaticRouter:
         if name is None:
             name = next((s for s in request.default_slots if s in self.table), self.default)
         if name is None:
-            raise ProxyError(
-                400, "request.missing_model", "request has no 'model' and no default slot applies"
-            )
+            raise ProxyError(400, "request.missing_model", "request has no 'model' and no default slot applies")
         port = self.table.get(name)
         if port is None:
             raise ProxyError(404, "dispatch.no_route", f"no route for model {name!r}", {"model": name})
@@ -79,7 +77,5 @@ class StaticRouter:
     def models_payload(self) -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "hal0proxy"} for name in self.table
-            ],
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "hal0proxy"} for name in self.table],
         }

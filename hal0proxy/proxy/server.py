@@ -11,9 +11,7 @@ from hal0proxy.proxy.downstream import ClientConnection
 
 async def start_listener(ctx: ProxyContext, host: str, port: int) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: ClientConnection(ctx), host, port, backlog=4096, reuse_address=True
-    )
+    server = await loop.create_server(lambda: ClientConnection(ctx), host, port, backlog=4096, reuse_address=True)
     for sock in server.sockets:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,432 @@
+"""The control coroutine: where requests go, single-flight loads, room-making, idle unloads.
+
+It implements the data plane's ``Router``: a request for a ready model gets a lease on its
+port at once; one for a model that is not loaded triggers exactly one ``/v1/load`` however
+many requests arrive, and waits (``cold_start = "wait"``) or is answered 503 ``slot.loading``
+with a measured ``Retry-After``. Before a load into a full lemond pool it unloads the least
+recently used quiet model of that type itself, so lemond's LRU never picks a serving child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from hal0proxy.config import Config
+from hal0proxy.control.journal import Journal
+from hal0proxy.control.registry import Slot, SlotRegistry
+from hal0proxy.http.errors import ProxyError
+from hal0proxy.lemond.adapter import LemondAdapter
+from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound, NotLoaded
+from hal0proxy.lemond.events import LemondEvent, ModelEvicted, ProcessCrashed
+from hal0proxy.proxy.classify import Classified
+from hal0proxy.proxy.routing import Lease
+from hal0proxy.slots import policy
+from hal0proxy.slots.derive import LOADED
+from hal0proxy.slots.signals import IdleTick, LoadRequested, RequestFinished, RequestStarted, UnloadRequested
+from hal0proxy.slots.state import SlotState
+
+log = logging.getLogger("hal0proxy.control")
+
+
+class LoadFailure(Exception):
+    def __init__(self, message: str, status: int = 503, code: str = "slot.load_failed") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _noop(*_args: object) -> None:
+    return None
+
+
+@dataclass(slots=True)
+class ControlHooks:
+    """Measurement hooks (metrics bind them); the controller works without them."""
+
+    load_measured: Callable[[str, float], None] = _noop
+    recovered: Callable[[str, float], None] = _noop
+    evicted: Callable[[str, str], None] = _noop
+
+
+class SlotLease:
+    __slots__ = ("_controller", "_released", "_slot", "port")
+
+    def __init__(self, controller: Controller, slot: Slot, port: int) -> None:
+        self._controller = controller
+        self._slot = slot
+        self.port = port
+        self._released = False
+
+    @property
+    def slot(self) -> str:
+        return self._slot.name
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._controller._finished(self._slot)
+
+
+class Controller:
+    def __init__(
+        self,
+        config: Config,
+        adapter: LemondAdapter,
+        journal: Journal | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.journal = journal or Journal()
+        self.clock = clock
+        self.registry = SlotRegistry(config.slots, on_change=self._on_state_change)
+        self.load_times = policy.LoadTimes()
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._load_started: dict[str, float] = {}
+        self._type_locks: dict[str, asyncio.Lock] = {}
+        self._quiet = asyncio.Event()  # pulsed whenever a request finishes: room may have appeared
+        self._tasks: list[asyncio.Task[None]] = []
+        self._models_fetched = 0.0
+        self.loads_issued = 0
+        self.unloads_issued: dict[str, int] = {}
+        self.hooks = ControlHooks()
+        self._unloading: set[str] = set()  # models the proxy is unloading right now
+        self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
+        adapter.subscribe(self._on_event)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, idle_interval_s: float = 1.0) -> None:
+        await self.adapter.start()
+        with contextlib.suppress(LemondError):
+            await self.adapter.refresh()
+        await self._refresh_known_models(force=True)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._idle_loop(idle_interval_s), name="idle-policy"))
+        for slot in self.registry.all():
+            if slot.config is not None and slot.config.warm:
+                self._ensure_loading(slot)  # concurrently; /readyz reports when they are ready
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._loads.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self._loads.values()]:
+            with contextlib.suppress(BaseException):
+                await task
+        await self.adapter.stop()
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """``/readyz``: lemond reachable and every warm slot dispatchable."""
+        problems = [] if self.adapter.last_health is not None else ["lemond has not answered /v1/health"]
+        for slot in self.registry.all():
+            if slot.config is not None and slot.config.warm and not slot.status.dispatchable:
+                problems.append(f"slot {slot.name} is {slot.status.state}")
+        return not problems, problems
+
+    # ------------------------------------------------------------------ Router protocol
+    async def acquire(self, request: Classified) -> Lease:
+        slot = await self._resolve(request)
+        cfg = slot.config
+        cold_start = cfg.cold_start if cfg else self.config.policy.cold_start
+        max_wait = cfg.max_wait_s if cfg else self.config.policy.max_wait_s
+        deadline = self.clock() + max_wait
+        for _ in range(4):
+            if slot.status.state is not SlotState.UNLOADING:
+                route = await self.adapter.usable_route(slot.model)
+                if route is not None:
+                    if not route.proven:
+                        self.adapter.routes.mark_proven(slot.model, route.port)
+                    return self._lease(slot, route.port)
+            task = self._ensure_loading(slot)
+            remaining = deadline - self.clock()
+            if cold_start == "reject" or remaining <= 0:
+                raise self._loading_error(slot)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), remaining)
+            except TimeoutError:
+                raise self._loading_error(slot) from None
+            except LoadFailure as exc:
+                raise ProxyError(
+                    exc.status,
+                    exc.code,
+                    f"model {slot.model!r} could not be loaded: {exc}",
+                    {"slot": slot.name, "model": slot.model},
+                    retry_after_s=self._retry_after(slot) if exc.status == 503 else None,
+                ) from None
+        raise self._loading_error(slot)
+
+    async def reroute(self, lease: Lease) -> Lease | None:
+        """A connect to the leased port failed: learn where the model is now, or reload it."""
+        slot = self.registry.get(lease.slot)
+        if slot is None:
+            return None
+        self.adapter.validator.invalidate(lease.port)
+        with contextlib.suppress(LemondError):
+            await self.adapter.refresh(newer_than=self.clock())
+        route = await self.adapter.usable_route(slot.model)
+        if route is not None and route.port != lease.port:
+            return self._lease(slot, route.port)
+        return await self.acquire(Classified(slot.name, (), b"", False))
+
+    def models_payload(self) -> dict[str, Any]:
+        data: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for slot in self.registry.all():
+            if slot.name in seen:
+                continue
+            seen.add(slot.name)
+            data.append(
+                {
+                    "id": slot.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "hal0proxy",
+                    "model": slot.model,
+                    "state": str(slot.status.state),
+                }
+            )
+        for name, entry in self.registry.known_models.items():
+            if name not in seen:
+                seen.add(name)
+                data.append({"id": name, "object": "model", "created": entry.get("created", 0), "owned_by": "lemonade"})
+        return {"object": "list", "data": data}
+
+    # ------------------------------------------------------------------ admin actions
+    async def load_slot(self, slot: Slot) -> None:
+        await asyncio.shield(self._ensure_loading(slot))
+
+    async def unload_slot(self, slot: Slot, reason: str = "manual") -> None:
+        await self._unload_model(slot.model, reason)
+
+    # ------------------------------------------------------------------ internals: requests
+    async def _resolve(self, request: Classified) -> Slot:
+        name = request.model
+        if name is None:
+            name = next((s for s in request.default_slots if self.registry.get(s)), None)
+            if name is None:
+                raise ProxyError(400, "request.missing_model", "request has no 'model' and no default slot applies")
+
+        def loaded(model: str) -> bool:
+            route = self.adapter.routes.get(model)
+            return route is not None and route.alive
+
+        slot = self.registry.resolve(name, loaded)
+        if slot is None and await self._refresh_known_models():
+            slot = self.registry.resolve(name, loaded)
+        if slot is None:
+            raise ProxyError(404, "dispatch.no_route", f"no slot or lemond model named {name!r}", {"model": name})
+        return slot
+
+    def _lease(self, slot: Slot, port: int) -> SlotLease:
+        slot.last_used_wall = time.time()
+        self.registry.signal(slot, RequestStarted(), self.clock())
+        return SlotLease(self, slot, port)
+
+    def _finished(self, slot: Slot) -> None:
+        slot.last_used_wall = time.time()
+        self.registry.signal(slot, RequestFinished(), self.clock())
+        if slot.status.in_flight == 0:
+            self._quiet.set()
+            self._quiet = asyncio.Event()
+
+    def _retry_after(self, slot: Slot) -> int:
+        return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self.clock())
+
+    def _loading_error(self, slot: Slot) -> ProxyError:
+        retry = self._retry_after(slot)
+        state = str(slot.status.state)
+        return ProxyError(
+            503,
+            "slot.loading",
+            f"slot {slot.name!r} is {state}, not ready to serve yet",
+            {
+                "slot": slot.name,
+                "state": state,
+                "retry_after_s": retry,
+                "progress": {"phase": state, "requested_model": slot.model},
+            },
+            retry_after_s=retry,
+        )
+
+    async def _refresh_known_models(self, force: bool = False) -> bool:
+        """Refresh lemond's model list (rate limited); True if it was refreshed."""
+        now = self.clock()
+        if not force and now - self._models_fetched < 5.0:
+            return False
+        self._models_fetched = now
+        try:
+            models = await self.adapter.client.models()
+        except LemondError:
+            return False
+        self.registry.known_models = {m["id"]: m for m in models if isinstance(m, dict) and "id" in m}
+        return True
+
+    # ------------------------------------------------------------------ internals: loading
+    def _ensure_loading(self, slot: Slot) -> asyncio.Task[None]:
+        task = self._loads.get(slot.model)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._load(slot), name=f"load:{slot.model}")
+            model = slot.model
+            task.add_done_callback(lambda t: self._load_done(model, t))
+            self._loads[slot.model] = task
+        return task
+
+    def _load_done(self, model: str, task: asyncio.Task[None]) -> None:
+        if self._loads.get(model) is task:
+            del self._loads[model]
+        self._load_started.pop(model, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("load of %s failed: %s", model, task.exception())
+
+    async def _load(self, slot: Slot) -> None:
+        model, mtype = slot.model, self.registry.type_of(slot.model)
+        self._load_started[model] = self.clock()
+        lock = self._type_locks.setdefault(mtype, asyncio.Lock())
+        async with lock:  # one load per lemond pool at a time: room-making must not race itself
+            route = self.adapter.routes.get(model)
+            if route is not None and route.alive:
+                return
+            await self._make_room(slot, mtype)
+            self.registry.signal_model(model, LoadRequested(), self.clock())
+            options = slot.config.load_options() if slot.config else {}
+            started = self.clock()
+            self.loads_issued += 1
+            self.journal.publish("slot.load_requested", slot=slot.name, model=model)
+            try:
+                await self.adapter.client.load(model, timeout=self.config.policy.load_timeout_s, **options)
+            except ModelNotFound as exc:
+                raise LoadFailure(str(exc), 404, "slot.not_found") from None
+            except LemondUnavailable as exc:
+                raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
+            except LemondError as exc:
+                raise LoadFailure(str(exc)) from None
+            self.load_times.record(model, self.clock() - started)
+            self.hooks.load_measured(model, self.clock() - started)
+            # /v1/load can answer before its log lines arrive: make sure the route is known.
+            route = self.adapter.routes.get(model)
+            if route is None or not route.alive:
+                with contextlib.suppress(LemondError):
+                    await self.adapter.refresh(newer_than=started)
+
+    async def _make_room(self, slot: Slot, mtype: str) -> None:
+        health = self.adapter.last_health
+        max_models = health.max_models.get(mtype, -1) if health is not None else -1
+        cfg = slot.config
+        deadline = self.clock() + (cfg.max_wait_s if cfg else self.config.policy.max_wait_s)
+        while True:
+            views = self._views_of_type(mtype)
+            action = policy.choose_room_victim(views, max_models, slot.model)
+            if action is None:
+                return
+            if isinstance(action, policy.UnloadAction):
+                assert action.model is not None
+                self.journal.publish(
+                    "slot.unloaded_for_room", victim=action.slot, model=action.model, for_model=slot.model
+                )
+                await self._unload_model(action.model, "room")
+                continue
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise LoadFailure(f"every {mtype} slot is serving; no room to load {slot.model}")
+            quiet = self._quiet
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quiet.wait(), min(remaining, 1.0))
+
+    def _views_of_type(self, mtype: str) -> list[policy.SlotView]:
+        views: list[policy.SlotView] = []
+        seen: set[str] = set()
+        for slot in self.registry.all():
+            if slot.model in seen or self.registry.type_of(slot.model) != mtype:
+                continue
+            seen.add(slot.model)
+            status = slot.status
+            in_flight = self.registry.in_flight(slot.model)
+            if in_flight != status.in_flight:
+                status = replace(status, in_flight=in_flight)
+            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s))
+        return views
+
+    async def _unload_model(self, model: str, reason: str) -> None:
+        self.registry.signal_model(model, UnloadRequested(), self.clock())
+        self.unloads_issued[reason] = self.unloads_issued.get(reason, 0) + 1
+        self.hooks.evicted(reason, "proxy")
+        started = self.clock()
+        self._unloading.add(model)
+        try:
+            await self.adapter.client.unload(model)
+        except NotLoaded:
+            pass
+        finally:
+            self._unloading.discard(model)
+            # The eviction log line normally updates the route; do not depend on it arriving.
+            with contextlib.suppress(LemondError):
+                await self.adapter.refresh(newer_than=started)
+
+    async def _idle_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            for slot in self.registry.all():
+                self.registry.signal(slot, IdleTick(slot.idle_timeout_s), now)
+            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s) for s in self.registry.all()]
+            for action in policy.idle_unload_candidates(views, now):
+                found = self.registry.get(action.slot)
+                if found is None:
+                    continue
+                slot = found
+                if self.registry.in_flight(slot.model) or slot.model in self._loads:
+                    continue
+                idle_s = round(now - slot.status.quiet_since(), 3)
+                self.journal.publish(
+                    "slot.evicted_by_idle_policy",
+                    slot=slot.name,
+                    model=slot.model,
+                    idle_s=idle_s,
+                    reason=f"idle for {idle_s}s >= idle_timeout_s {slot.idle_timeout_s}",
+                )
+                with contextlib.suppress(LemondError):
+                    await self._unload_model(slot.model, "idle")
+
+    # ------------------------------------------------------------------ internals: events
+    def _on_event(self, event: LemondEvent) -> None:
+        if isinstance(event, ModelEvicted) and event.model not in self._unloading:
+            self.hooks.evicted(str(event.reason), "lemond")
+        elif isinstance(event, ProcessCrashed):
+            self.hooks.evicted("crash", "lemond")
+        self.registry.apply_event(event)
+        self.journal.publish(f"lemond.{type(event).__name__}", **_event_fields(event))
+
+    def _on_state_change(self, slot: Slot, before: SlotState) -> None:
+        status = slot.status
+        now = self.clock()
+        if before in LOADED and status.state in (SlotState.OFFLINE, SlotState.ERROR):
+            self._left_ready[slot.name] = now  # evicted or crashed behind the proxy's back
+        elif status.state is SlotState.READY and slot.name in self._left_ready:
+            self.hooks.recovered(slot.name, now - self._left_ready.pop(slot.name))
+        self.journal.publish(
+            "slot.state",
+            slot=slot.name,
+            model=slot.model,
+            previous=str(before),
+            state=str(status.state),
+            port=status.port,
+            message=status.message,
+        )
+
+
+def _event_fields(event: LemondEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in fields(event):
+        name = field.name
+        value = getattr(event, name, None)
+        if name == "loaded":
+            value = [m.model for m in value or ()]
+        elif name == "observed_at":
+            continue
+        out[name] = value if isinstance(value, str | int | float | bool | list | dict | type(None)) else str(value)
+    return out
