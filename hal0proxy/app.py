@@ -58,7 +58,11 @@ class Proxy:
         if static_routes:
             router = StaticRouter(static_routes)
         else:
-            adapter = LemondAdapter(config.lemond_url, on_route_stable=self.metrics.route_stable)
+            adapter = LemondAdapter(
+                config.lemond_url,
+                api_key=os.environ.get("LEMONADE_API_KEY") or None,
+                on_route_stable=self.metrics.route_stable,
+            )
             self.controller = Controller(config, adapter)
             router = self.controller
         settings = settings_from(config)

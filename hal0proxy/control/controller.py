@@ -305,13 +305,15 @@ class Controller:
                 raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
             except LemondError as exc:
                 raise LoadFailure(str(exc)) from None
-            self.load_times.record(model, self.clock() - started)
-            self.hooks.load_measured(model, self.clock() - started)
-            # /v1/load can answer before its log lines arrive: make sure the route is known.
+            finished = self.clock()
+            self.load_times.record(model, finished - started)
+            self.hooks.load_measured(model, finished - started)
+            # /v1/load can answer before its log lines arrive: make sure the route is known,
+            # from a /v1/health sent after the load returned (not one already in flight).
             route = self.adapter.routes.get(model)
             if route is None or not route.alive:
                 with contextlib.suppress(LemondError):
-                    await self.adapter.refresh(newer_than=started)
+                    await self.adapter.refresh(newer_than=finished)
 
     async def _make_room(self, slot: Slot, mtype: str) -> None:
         health = self.adapter.last_health
@@ -355,7 +357,6 @@ class Controller:
         self.registry.signal_model(model, UnloadRequested(), self.clock())
         self.unloads_issued[reason] = self.unloads_issued.get(reason, 0) + 1
         self.hooks.evicted(reason, "proxy")
-        started = self.clock()
         self._unloading.add(model)
         try:
             await self.adapter.client.unload(model)
@@ -365,7 +366,7 @@ class Controller:
             self._unloading.discard(model)
             # The eviction log line normally updates the route; do not depend on it arriving.
             with contextlib.suppress(LemondError):
-                await self.adapter.refresh(newer_than=started)
+                await self.adapter.refresh(newer_than=self.clock())
 
     async def _idle_loop(self, interval: float) -> None:
         while True:

@@ -1,0 +1,189 @@
+"""Slot state as a function of its history: one pure reducer.
+
+``reduce(status, signal, now)`` is the only place a slot's state is decided. A slot's
+status is therefore always ``functools.reduce`` over its signals (lemond's events mapped
+to signals, plus the proxy's own requests, load/unload decisions and idle ticks), and
+never authored from scattered call sites.
+
+Rules, in words:
+
+* load: ``offline|error|pulling → starting`` (proxy asked) ``→ warming`` (lemond
+  spawning) ``→ ready`` (child serves). A child coming up is believed from any
+  not-loaded state, walking the legal chain, because lemond also loads on its own.
+* requests: the first one moves ``ready|idle → serving``; the last one to finish moves
+  ``serving → ready``. ``ready`` quiet past the idle timeout becomes ``idle``.
+* eviction and crash: ``→ offline`` (routine; the next request reloads). While a load
+  is in progress, the loss of the *old* child does not interrupt it.
+* failed load: ``→ error``, the only way into ``error``.
+* unload: ``ready|idle → unloading → offline``.
+
+Every state change goes through ``state.apply_transition``; the jumps lemond forces on
+the proxy (a loaded model vanishing, a load failing that the proxy did not start) pass
+``forced=True`` and are limited to ``state.FORCED_TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from hal0proxy.slots import state as _state
+from hal0proxy.slots.signals import (
+    ChildGone,
+    ChildUp,
+    IdleTick,
+    LoadBegan,
+    LoadError,
+    LoadRequested,
+    PullBegan,
+    RequestFinished,
+    RequestStarted,
+    Resync,
+    Signal,
+    UnloadRequested,
+)
+from hal0proxy.slots.state import SlotState
+
+__all__ = ["LOADED", "MSG_CRASHED", "MSG_EVICTED", "MSG_UNLOADED", "SlotStatus", "reduce"]
+
+S = SlotState
+
+MSG_EVICTED = "model evicted from lemond (auto-reloads on next request)"
+MSG_CRASHED = "backend process exited (reloads on next request)"
+MSG_UNLOADED = "unloaded"
+MSG_PULLING = "downloading model files"
+MSG_STARTING = "loading"
+MSG_WARMING = "starting backend"
+MSG_UNLOADING = "unloading"
+
+#: States in which lemond has the model resident.
+LOADED: frozenset[SlotState] = frozenset({S.READY, S.SERVING, S.IDLE})
+_NOT_LOADED = frozenset({S.OFFLINE, S.ERROR, S.PULLING, S.STARTING, S.WARMING})
+_LOADING = frozenset({S.PULLING, S.STARTING, S.WARMING})
+
+# The legal chain from each not-loaded state up to ``ready``.
+_UP_PATH: dict[SlotState, tuple[SlotState, ...]] = {
+    S.OFFLINE: (S.STARTING, S.WARMING, S.READY),
+    S.ERROR: (S.STARTING, S.WARMING, S.READY),
+    S.PULLING: (S.STARTING, S.WARMING, S.READY),
+    S.STARTING: (S.WARMING, S.READY),
+    S.WARMING: (S.READY,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SlotStatus:
+    """Everything derived about one slot. Immutable; ``reduce`` returns a new one."""
+
+    state: SlotState = S.OFFLINE
+    model: str | None = None
+    port: int | None = None
+    pid: int | None = None
+    message: str = ""
+    in_flight: int = 0
+    #: When a request last entered or left the slot (the caller's clock).
+    last_used: float | None = None
+    #: When ``state`` last changed.
+    updated_at: float = 0.0
+    #: Reason of the last failed load; cleared once the slot is ready again.
+    error: str | None = None
+
+    @property
+    def dispatchable(self) -> bool:
+        return _state.is_dispatchable(self.state)
+
+    def quiet_since(self) -> float:
+        """Start of the current quiet period, for idle timers."""
+        return self.last_used if self.last_used is not None else self.updated_at
+
+
+def _move(status: SlotStatus, path: tuple[SlotState, ...], now: float, *, forced: bool = False) -> SlotStatus:
+    # Walk ``path`` one checked step at a time; only the last step may be a forced one.
+    current = status.state
+    for i, step in enumerate(path):
+        current = _state.apply_transition(current, step, forced=forced and i == len(path) - 1)
+    if current is status.state:
+        return status
+    return replace(status, state=current, updated_at=now)
+
+
+def _child_up(status: SlotStatus, port: int | None, pid: int | None, now: float) -> SlotStatus:
+    if port is None:  # present without an address: keep the one we had
+        port, pid = status.port, status.pid
+    if status.state not in _NOT_LOADED:
+        # Already loaded (port drift or a heartbeat) or being unloaded: only the address moves.
+        return replace(status, port=port, pid=pid)
+    path = _UP_PATH[status.state]
+    if status.in_flight > 0:
+        path = (*path, S.SERVING)
+    return replace(_move(status, path, now), port=port, pid=pid, message="", error=None)
+
+
+def _child_gone(status: SlotStatus, crashed: bool, now: float) -> SlotStatus:
+    if status.state in LOADED:
+        message = MSG_CRASHED if crashed else MSG_EVICTED
+        return replace(_move(status, (S.OFFLINE,), now, forced=True), port=None, pid=None, message=message)
+    if status.state is S.UNLOADING:
+        message = MSG_CRASHED if crashed else MSG_UNLOADED
+        return replace(_move(status, (S.OFFLINE,), now), port=None, pid=None, message=message)
+    # Not loaded, or a load in progress: losing an old child changes nothing but the address.
+    return replace(status, port=None, pid=None)
+
+
+def _resync(status: SlotStatus, signal: Resync, now: float) -> SlotStatus:
+    if signal.present:
+        return _child_up(status, signal.port, signal.pid, now)
+    if status.state in LOADED or status.state is S.UNLOADING:
+        return _child_gone(status, False, now)
+    # Starting/warming models are not in /v1/health yet; offline/error have nothing to drop.
+    return status
+
+
+def reduce(status: SlotStatus, signal: Signal, now: float) -> SlotStatus:
+    """Return the slot's status after ``signal`` observed at ``now`` (monotonic seconds).
+
+    Pure: ``status`` is not modified. Raises ``IllegalTransition`` only on a bug, never
+    for any signal sequence (a property test checks this).
+    """
+    st = status.state
+    match signal:
+        case RequestStarted():
+            busy = replace(status, in_flight=status.in_flight + 1, last_used=now)
+            return _move(busy, (S.SERVING,), now) if st in (S.READY, S.IDLE) else busy
+        case RequestFinished():
+            left = max(0, status.in_flight - 1)
+            done = replace(status, in_flight=left, last_used=now)
+            return _move(done, (S.READY,), now) if st is S.SERVING and left == 0 else done
+        case IdleTick(idle_timeout_s=timeout):
+            quiet = status.in_flight == 0 and now - status.quiet_since() >= timeout
+            if st is S.READY and timeout > 0 and quiet:
+                return _move(status, (S.IDLE,), now)
+            return status
+        case ChildUp(port=port, pid=pid):
+            return _child_up(status, port, pid, now)
+        case ChildGone(crashed=crashed):
+            return _child_gone(status, crashed, now)
+        case LoadBegan():
+            if st in (S.OFFLINE, S.ERROR, S.PULLING):
+                return replace(_move(status, (S.STARTING, S.WARMING), now), message=MSG_WARMING)
+            if st is S.STARTING:
+                return replace(_move(status, (S.WARMING,), now), message=MSG_WARMING)
+            return status
+        case LoadRequested():
+            if st in (S.OFFLINE, S.ERROR, S.PULLING):
+                return replace(_move(status, (S.STARTING,), now), message=MSG_STARTING)
+            return status
+        case PullBegan():
+            if st in (S.OFFLINE, S.ERROR):
+                return replace(_move(status, (S.PULLING,), now), message=MSG_PULLING)
+            return status
+        case LoadError(reason=reason):
+            forced = st in (S.OFFLINE, S.IDLE)
+            failed = _move(status, (S.ERROR,), now, forced=forced)
+            return replace(failed, port=None, pid=None, message=reason, error=reason)
+        case UnloadRequested():
+            if st in (S.READY, S.IDLE, S.SERVING):
+                return replace(_move(status, (S.UNLOADING,), now, forced=st is S.SERVING), message=MSG_UNLOADING)
+            return status
+        case Resync():
+            return _resync(status, signal, now)
+    return status
