@@ -16,6 +16,8 @@ import urllib.request
 from hal0proxy.api.admin import AdminApi
 from hal0proxy.config import Config, ConfigError, SlotConfig, load_config
 from hal0proxy.control.controller import Controller
+from hal0proxy.http.errors import ProxyError, json_response, simple_response
+from hal0proxy.http.messages import FullResponse, HttpRequest, LocalResponse
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.metrics import Metrics
 from hal0proxy.proxy.context import ProxyContext
@@ -75,7 +77,18 @@ class Proxy:
         if self.controller is not None:
             self.ctx.local = AdminApi(self.controller, config.admin_token, metrics=self._render_metrics)
             self.metrics.bind(self.controller, self.ctx.stats)
+        else:
+            self.ctx.local = self._static_ops
         self.server: asyncio.Server | None = None
+
+    async def _static_ops(self, req: HttpRequest) -> LocalResponse:
+        """With static routes there is no control plane: only liveness and metrics."""
+        if req.path == "/healthz":
+            return FullResponse(json_response(200, {"status": "ok"}))
+        if req.path == "/metrics":
+            content_type, body = self.metrics.render()
+            return FullResponse(simple_response(200, body, content_type=content_type))
+        raise ProxyError(404, "resource.not_found", f"no such endpoint: {req.path}", {"path": req.path})
 
     def _render_metrics(self) -> tuple[bytes, bytes]:
         return self.metrics.render()
