@@ -172,7 +172,9 @@ async def test_body_limit_by_content_length_and_by_chunks(rig: Rig) -> None:
 
 async def test_chunked_request_body_is_forwarded_with_length(rig: Rig) -> None:
     payload = body(mode="echo", pad="z" * 200_000)
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in [payload[i : i + 1000] for i in range(0, len(payload), 1000)])
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(p), p) for p in [payload[i : i + 1000] for i in range(0, len(payload), 1000)]
+    )
     resp = await roundtrip(
         rig.proxy_port, "POST", "/v1/chat/completions", chunked + b"0\r\n\r\n", [("Transfer-Encoding", "chunked")]
     )
@@ -190,7 +192,9 @@ async def test_bad_requests_get_precise_errors(rig: Rig) -> None:
         (b'{"model":5}', 400, "request.invalid_json"),
     ]
     for raw, status, code in cases:
-        resp = await roundtrip(rig.proxy_port, "POST", "/v1/chat/completions", raw, [("Content-Type", "application/json")])
+        resp = await roundtrip(
+            rig.proxy_port, "POST", "/v1/chat/completions", raw, [("Content-Type", "application/json")]
+        )
         assert resp.status == status, raw
         err = json.loads(resp.body)["error"]
         assert err["code"] == code

@@ -92,15 +92,24 @@ class StubProtocol(asyncio.Protocol):
         n = int(doc.get("n", 5))  # type: ignore[call-overload]
         if mode == "json":
             out = json.dumps({"ok": True, "model": doc.get("model")}).encode()
-            t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
+            t.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out)
+            )
         elif mode == "echo":
             out = json.dumps({"head": head.decode("latin-1"), "body_len": len(body)}).encode()
-            t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
+            t.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out)
+            )
         elif mode == "error":
             out = b'{"error":{"code":400,"message":"bad things","type":"invalid_request_error"}}'
-            t.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
+            t.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(out), out)
+            )
         elif mode in ("sse", "sse_close"):
-            t.write(SSE_HEAD + b"".join(chunk(sse_event(i)) for i in range(n)) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            t.write(
+                SSE_HEAD + b"".join(chunk(sse_event(i)) for i in range(n)) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+            )
             if mode == "sse_close":
                 t.close()  # llama-server's close-after-stream quirk
         elif mode == "sse_crash":

@@ -47,9 +47,7 @@ async def read_response(reader: asyncio.StreamReader, method: bytes = b"POST") -
     return RawResponse(status, headers, data, data, header_list)
 
 
-def build_request(
-    method: str, path: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None
-) -> bytes:
+def build_request(method: str, path: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: test"]
     names = {k.lower() for k, _ in headers or []}
     lines += [f"{k}: {v}" for k, v in headers or []]
