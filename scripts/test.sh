@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build_llama_server.sh
+bash scripts/install_prometheus.sh >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -16,7 +16,7 @@ from typing import cast
 import h11
 
 from hal0proxy.http.errors import ProxyError, error_response, json_response, reason_phrase
-from hal0proxy.http.framing import LAST_CHUNK, ChunkedScanner, encode_chunk
+from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
 from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens, date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
 from hal0proxy.proxy.classify import classify
@@ -32,6 +32,8 @@ _STREAM_INTERRUPTED = encode_chunk(
 )
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _MAX_REROUTES = 2
+# Probes and scrapes are not traffic: counting them would drown the request rate of quiet slots.
+_UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
 class ClientConnection(asyncio.Protocol):
@@ -56,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         "_resp_chunked",
         "_resp_sse",
         "_retried",
+        "_scanner",
         "_started",
         "_status",
         "_task",
@@ -95,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self._keep_alive = True
         self._is_head = False
         self._request_bytes = b""
+        self._scanner: BodyScanner | None = None
         self._status = 0
         self._started = 0.0
         self._ttfb = 0.0
@@ -407,6 +411,7 @@ class ClientConnection(asyncio.Protocol):
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
         self._head_sent = True
+        self._scanner = self._upstream.scanner if self._upstream is not None else None
         self._resp_chunked = head.chunked
         self._resp_sse = sse
         assert self._transport is not None
@@ -416,9 +421,9 @@ class ClientConnection(asyncio.Protocol):
         self._transport.write(data)  # type: ignore[union-attr]
 
     def on_end(self) -> None:
-        upstream = self._upstream
-        if upstream is not None and isinstance(upstream.scanner, ChunkedScanner):
-            self._ctx.stats.chunks_relayed += upstream.scanner.chunks
+        scanner = self._scanner
+        if isinstance(scanner, ChunkedScanner):
+            self._ctx.stats.chunks_relayed += scanner.chunks
         self._upstream = None
         self._response_done()
 
@@ -429,7 +434,7 @@ class ClientConnection(asyncio.Protocol):
         if not self._head_sent:
             self._fail(ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection"))
             return
-        scanner = upstream.scanner if upstream is not None else None
+        scanner = self._scanner
         if self._resp_sse and self._resp_chunked and scanner is not None and scanner.at_boundary:
             # Between two events: end the stream as a well-formed SSE error plus chunked end.
             self._write(_STREAM_INTERRUPTED + LAST_CHUNK)
@@ -536,9 +541,11 @@ class ClientConnection(asyncio.Protocol):
         lease = self._lease
         slot = lease.slot if lease is not None else None
         self._release_lease()
-        now = time.perf_counter()
-        ttfb = self._ttfb - self._started if self._ttfb else None
-        self._ctx.observe(slot, self._status, now - self._started, ttfb)
+        req = self._req
+        if slot is not None or (req is not None and req.path not in _UNCOUNTED_PATHS):
+            now = time.perf_counter()
+            ttfb = self._ttfb - self._started if self._ttfb else None
+            self._ctx.observe(slot, self._status, now - self._started, ttfb)
         self._cancel_timer()
         keep_alive = self._keep_alive
         self._req = None
