@@ -428,7 +428,6 @@ class ClientConnection(asyncio.Protocol):
         self._response_done()
 
     def on_lost(self) -> None:
-        upstream = self._upstream
         self._upstream = None
         self._ctx.stats.streams_interrupted += 1
         if not self._head_sent:
