@@ -52,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
         "_loop",
         "_paused_reading",
         "_peer_host",
+        "_processing",
         "_reading_request",
         "_req",
         "_request_bytes",
@@ -82,6 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self._busy_reset()
         self._closed = False
         self._paused_reading = False
+        self._processing = False
         self._write_paused = False
         self._reading_request = False
         self._timer: asyncio.TimerHandle | None = None
@@ -172,6 +174,18 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ request parsing
     def _process_events(self) -> None:
+        # Responses answered synchronously (errors, /v1/models) call back into this method;
+        # the guard turns that recursion into another turn of the loop below, so a long
+        # pipeline cannot exhaust the stack.
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            self._process_loop()
+        finally:
+            self._processing = False
+
+    def _process_loop(self) -> None:
         conn = self._h11
         while not self._closed:
             try:
@@ -202,7 +216,10 @@ class ClientConnection(asyncio.Protocol):
                 self._reading_request = False
                 self._cancel_timer()
                 self._dispatch()
-                return
+                if self._req is not None:
+                    return  # answered asynchronously; _response_done resumes parsing
+                if conn.our_state is not h11.IDLE:
+                    return  # the connection is closing
             elif tp is h11.ConnectionClosed:
                 self._close()
                 return

@@ -273,3 +273,15 @@ async def test_slow_client_pauses_child_and_bounds_buffering(rig: Rig) -> None:
         await asyncio.sleep(0.0005)
     assert rig.child.paused_writes > 0, "the child was never paused"
     writer.transport.abort()
+
+
+async def test_long_pipeline_of_locally_answered_requests(rig: Rig) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", rig.proxy_port)
+    batch = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n" * 3000
+    writer.write(batch)
+    for _ in range(3000):
+        resp = await read_response(reader, b"GET")
+        assert resp.status == 200
+    writer.write(build_request("POST", "/v1/chat/completions", body(mode="json")))
+    assert (await read_response(reader)).status == 200
+    writer.close()
