@@ -1,0 +1,114 @@
+"""The benchmark harness in its fixed-count ``tiny`` mode: every number is checked for consistency.
+
+Not a performance test (no timing thresholds): it proves that the load generator, the process
+management and the report still work, so the benchmark cannot silently rot.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.httpwire import Dechunker, EventCounter, ResponseScanner
+from bench.profiles import PROFILES
+from bench.stats import percentile, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = PROFILES["tiny"]
+
+
+def _finite_positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], str]:
+    out = tmp_path_factory.mktemp("bench") / "tiny.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--tiny", "--targets", "direct,hal0proxy", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return orjson.loads(out.read_bytes()), done.stdout.decode()
+
+
+def test_non_streaming_requests_all_succeed(tiny_run: tuple[dict[str, object], str]) -> None:
+    results, _ = tiny_run
+    for section in ("latency", "latency_paced"):
+        by_target = results[section]
+        assert isinstance(by_target, dict) and set(by_target) == {"direct", "hal0proxy"}
+        for name, result in by_target.items():
+            assert result["errors"] == 0 and result["non200"] == 0, (section, name, result)
+            assert result["ok"] == result["sent"] == TINY.latency_requests, (section, name, result)
+            latency = result["latency"]
+            assert latency["n"] == TINY.latency_requests
+            assert 0 < latency["p50_us"] <= latency["p99_us"] <= latency["max_us"]
+    assert _finite_positive(results["latency"]["hal0proxy"]["relay_cpu_us_per_req"])
+
+
+def test_streams_deliver_every_event(tiny_run: tuple[dict[str, object], str]) -> None:
+    results, _ = tiny_run
+    # a chat stream is the role event, max_tokens token events, the finish event and [DONE]
+    for name, result in results["stream_throughput"].items():
+        assert result["errors"] == 0 and result["non200"] == 0, (name, result)
+        assert result["streams_ok"] == TINY.stream_conns * TINY.stream_streams
+        assert result["per_stream_events"] == [TINY.stream_max_tokens + 3]
+        assert result["events"] == result["streams_ok"] * (TINY.stream_max_tokens + 3)
+        assert _finite_positive(result["events_per_s"])
+    for name, result in results["stream_delay"].items():
+        assert result["streams_ok"] == TINY.stamp_conns * TINY.stamp_streams, (name, result)
+        assert result["per_stream_events"] == [TINY.stamp_max_tokens + 3]
+        # every event but [DONE] carries a stamp, and each was matched exactly once
+        assert result["delay"]["n"] == result["streams_ok"] * (TINY.stamp_max_tokens + 2)
+        assert 0 < result["delay"]["p50_us"] <= result["delay"]["p99_us"]
+
+
+def test_open_streams_are_held_and_measured(tiny_run: tuple[dict[str, object], str]) -> None:
+    results, stdout = tiny_run
+    hold = results["hold"]
+    assert "error" not in hold, hold
+    assert hold["live"] == hold["still_open"] == hold["requested"] == TINY.hold_streams
+    assert hold["failed"] == 0
+    assert hold["rss_open_mb"] >= hold["rss_idle_mb"] > 0
+    # both sides of every stream are open in the proxy
+    assert hold["proxy_fds"] >= 2 * TINY.hold_streams
+    assert "| non-stream p50 µs (16 conns, back to back) |" in stdout
+    assert f"streams requested / live / failed | {TINY.hold_streams} / {TINY.hold_streams} / 0" in stdout
+
+
+def test_scanners_handle_arbitrary_read_boundaries() -> None:
+    events = [b'data: {"x":%d,"emu_t_ns":%d}\n\n' % (i, 1000 + i) for i in range(50)]
+    # re-chunk at boundaries that do not match the events, the way a buffering relay may
+    payload = b"".join(events)
+    chunks = [payload[i : i + 37] for i in range(0, len(payload), 37)]
+    body = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    scanner, counter, stamps, done = ResponseScanner(), EventCounter(stamps=True), [], []
+    for i in range(0, len(wire), 11):
+        done.append(scanner.feed(wire[i : i + 11]))
+        stamps += counter.feed(scanner.body_part)
+    assert done[-1] and not any(done[:-1])
+    assert scanner.status == 200
+    assert counter.events == 50
+    assert stamps == [1000 + i for i in range(50)]
+    assert Dechunker().feed(body) == payload
+
+
+def test_content_length_responses_and_percentiles() -> None:
+    scanner = ResponseScanner()
+    wire = b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nhello"
+    assert not scanner.feed(wire[:20])
+    assert scanner.feed(wire[20:])
+    assert scanner.status == 404
+    assert percentile([1, 2, 3, 4], 50) == 2
+    assert percentile(list(range(1, 101)), 99) == 99
+    summary = summarize([1000, 2000, 3000])
+    assert summary["n"] == 3 and summary["p50_us"] == 2.0 and summary["max_us"] == 3.0
