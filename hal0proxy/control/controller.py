@@ -129,6 +129,26 @@ class Controller:
         return not problems, problems
 
     # ------------------------------------------------------------------ Router protocol
+    def acquire_now(self, request: Classified) -> Lease | None:
+        """The hot path: a known slot whose route is alive and proven gets a lease at once."""
+        name = request.model
+        if name is None:
+            name = next((s for s in request.default_slots if self.registry.get(s)), None)
+            if name is None:
+                return None
+        slot = self.registry.get(name)
+        if slot is None:
+            slots = self.registry.for_model(name)
+            if not slots:
+                return None
+            slot = slots[0]
+        if slot.status.state is SlotState.UNLOADING:
+            return None
+        route = self.adapter.routes.get(slot.model)
+        if route is None or not route.alive or not route.proven:
+            return None
+        return self._lease(slot, route.port)
+
     async def acquire(self, request: Classified) -> Lease:
         slot = await self._resolve(request)
         cfg = slot.config

@@ -93,12 +93,5 @@ class Resynced(LemondEvent):
 
 
 AnyEvent = (
-    LoadStarted
-    | ModelLoaded
-    | ModelEvicted
-    | ProcessCrashed
-    | LoadFailed
-    | PortChanged
-    | LemondRestarted
-    | Resynced
+    LoadStarted | ModelLoaded | ModelEvicted | ProcessCrashed | LoadFailed | PortChanged | LemondRestarted | Resynced
 )

@@ -19,7 +19,7 @@ from hal0proxy.http.errors import ProxyError, error_response, json_response, rea
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
 from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens, date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
-from hal0proxy.proxy.classify import classify
+from hal0proxy.proxy.classify import Classified, classify
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, ResponseHead, UpstreamConnection
@@ -275,7 +275,7 @@ class ClientConnection(asyncio.Protocol):
                 if req.method in (b"GET", b"HEAD"):
                     self._answer_models(req)
                     return
-            self._task = self._loop.create_task(self._forward(req))
+            self._dispatch_forward(req)
         elif self._ctx.local is not None:
             self._task = self._loop.create_task(self._serve_local(req))
         else:
@@ -310,11 +310,28 @@ class ClientConnection(asyncio.Protocol):
         self._write(json_response(200, payload, keep_alive=self._keep_alive))
         self._response_done()
 
-    async def _forward(self, req: HttpRequest) -> None:
+    def _dispatch_forward(self, req: HttpRequest) -> None:
         try:
             self._check_api_key(req)
-            ctype = req.header(b"content-type") or b""
-            classified = classify(req.path, req.query, ctype, req.body)
+            classified = classify(req.path, req.query, req.header(b"content-type") or b"", req.body)
+            lease = self._ctx.router.acquire_now(classified)
+        except ProxyError as err:
+            self._send_error(err)
+            return
+        if lease is None:
+            self._task = self._loop.create_task(self._forward(req, classified))
+            return
+        # Fast path: a proven route and an idle pooled connection need no task at all.
+        self._lease = lease
+        self._request_bytes = self._build_upstream_request(req, classified.upstream_path)
+        conn = self._ctx.pool.take_idle(lease.port)
+        if conn is None:
+            self._task = self._loop.create_task(self._connect_and_send(fresh=False))
+        else:
+            self._send_upstream(conn)
+
+    async def _forward(self, req: HttpRequest, classified: Classified) -> None:
+        try:
             self._lease = await self._ctx.router.acquire(classified)
         except ProxyError as err:
             self._task = None
@@ -392,15 +409,18 @@ class ClientConnection(asyncio.Protocol):
                 self._task = None
                 return
             self._task = None
-            self._upstream = conn
-            conn.send(self._request_bytes, self, self._is_head)
-            if self._write_paused:
-                conn.pause_reading()
-            self._arm(self._ctx.settings.upstream_first_byte_timeout_s, self._on_first_byte_timeout)
+            self._send_upstream(conn)
             return
 
+    def _send_upstream(self, conn: UpstreamConnection) -> None:
+        self._upstream = conn
+        conn.send(self._request_bytes, self, self._is_head)
+        if self._write_paused:
+            conn.pause_reading()
+        self._arm(self._ctx.settings.upstream_first_byte_timeout_s, self._on_first_byte_timeout)
+
     # ------------------------------------------------------------------ Exchange callbacks
-    def on_head(self, head: ResponseHead) -> None:
+    def on_head(self, head: ResponseHead, first: bytes) -> None:
         self._cancel_timer()
         self._ttfb = time.perf_counter()
         self._status = head.status
@@ -432,7 +452,10 @@ class ClientConnection(asyncio.Protocol):
         self._resp_chunked = head.chunked
         self._resp_sse = sse
         assert self._transport is not None
-        self._transport.write(b"".join(parts))
+        if first:
+            self._transport.writelines((b"".join(parts), first))
+        else:
+            self._transport.write(b"".join(parts))
 
     def on_body(self, data: bytes) -> None:
         self._transport.write(data)  # type: ignore[union-attr]

@@ -26,6 +26,13 @@ class Lease(Protocol):
 
 
 class Router(Protocol):
+    def acquire_now(self, request: Classified) -> Lease | None:
+        """A lease if the request can be forwarded right now without waiting, else None.
+
+        The hot path: no coroutine, no task. ``None`` sends the request down ``acquire``.
+        """
+        ...
+
     async def acquire(self, request: Classified) -> Lease:
         """Return where to send ``request``; may wait for a load; raises ``ProxyError``."""
         ...
@@ -59,6 +66,11 @@ class StaticRouter:
     table: dict[str, int]
     default: str | None = None
     in_flight: dict[str, int] = field(default_factory=dict)
+
+    def acquire_now(self, request: Classified) -> Lease | None:
+        name = request.model or next((s for s in request.default_slots if s in self.table), self.default)
+        port = self.table.get(name) if name is not None else None
+        return StaticLease(port=port, slot=name) if port is not None and name is not None else None
 
     async def acquire(self, request: Classified) -> Lease:
         name = request.model

@@ -53,7 +53,7 @@ class ResponseHead:
 class Exchange(Protocol):
     """What an upstream connection reports to the request it is serving."""
 
-    def on_head(self, head: ResponseHead) -> None: ...
+    def on_head(self, head: ResponseHead, first: bytes) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
     def on_lost(self) -> None: ...
@@ -197,14 +197,23 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self.scanner = scanner
             self.keep_alive = head.keep_alive
-            exchange.on_head(head)
-            data = buf[end + 4 :]
-            if self.exchange is None:
-                return
-            if not data:
-                if scanner.done:
-                    self._finish()
-                return
+            # Hand the head over together with the body bytes of the same read, so the
+            # client gets both in one vectored write (most JSON answers fit in one read).
+            rest = buf[end + 4 :]
+            first = rest
+            if rest:
+                try:
+                    used = scanner.feed(rest)
+                except FramingError:
+                    self._fail_framing()
+                    return
+                if used < len(rest):
+                    first = rest[:used]
+                    self.keep_alive = False  # trailing garbage after the body
+            exchange.on_head(head, first)
+            if self.exchange is exchange and scanner.done:
+                self._finish()
+            return
         try:
             used = scanner.feed(data)
         except FramingError:
