@@ -53,7 +53,5 @@ def filter_end_to_end(
     headers = list(headers)
     named = connection_tokens(headers)
     return [
-        (name, value)
-        for name, value in headers
-        if name not in HOP_BY_HOP and name not in named and name not in drop
+        (name, value) for name, value in headers if name not in HOP_BY_HOP and name not in named and name not in drop
     ]

@@ -1,9 +1,9 @@
 """Client side of the data plane: one ``asyncio.Protocol`` per client connection.
 
-h11 (server role) parses request heads and bodies and enforces keep-alive and pipelining
-rules. Responses are *not* serialised through h11: a forwarded response is the child's head
-(minus hop-by-hop headers) followed by the child's body bytes, written as received. h11 is
-told afterwards that a response went out, so its state machine still governs the next cycle.
+``RequestReader`` turns bytes into requests (a strict fast parser for simple heads, h11 in
+the server role for everything else) and enforces keep-alive and pipelining rules.
+Responses are not serialised through h11: a forwarded response is the child's head (minus
+hop-by-hop headers) followed by the child's body bytes, written as the objects received.
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ import hmac
 import time
 from typing import cast
 
-import h11
-
 from hal0proxy.http.errors import ProxyError, error_response, json_response, reason_phrase
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
 from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens, date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
 from hal0proxy.proxy.classify import Classified, classify
 from hal0proxy.proxy.context import ProxyContext
+from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, ResponseHead, UpstreamConnection
 
-_FAKE_RESPONSE = h11.Response(status_code=200, headers=[(b"content-length", b"0")])
-_FAKE_END = h11.EndOfMessage()
 _STREAM_INTERRUPTED = encode_chunk(
     b'data: {"error":{"message":"the model server closed the stream before it finished",'
     b'"type":"upstream_error","code":"upstream.stream_interrupted"}}\n\n'
@@ -38,13 +35,10 @@ _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
-        "_body",
-        "_body_len",
         "_buffered",
         "_can_write",
         "_closed",
         "_ctx",
-        "_h11",
         "_head_sent",
         "_is_head",
         "_keep_alive",
@@ -53,6 +47,7 @@ class ClientConnection(asyncio.Protocol):
         "_paused_reading",
         "_peer_host",
         "_processing",
+        "_reader",
         "_reading_request",
         "_req",
         "_request_bytes",
@@ -75,10 +70,8 @@ class ClientConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._peer_host: str | None = None
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=ctx.settings.max_header_bytes)
+        self._reader = RequestReader(ctx.settings.max_header_bytes, ctx.settings.max_body_bytes, None)
         self._req: HttpRequest | None = None
-        self._body: list[bytes] = []
-        self._body_len = 0
         self._buffered = 0
         self._busy_reset()
         self._closed = False
@@ -112,20 +105,17 @@ class ClientConnection(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=settings.write_high_water, low=settings.write_low_water)
         peer = transport.get_extra_info("peername")
         self._peer_host = peer[0] if isinstance(peer, tuple) else None
+        self._reader = RequestReader(settings.max_header_bytes, settings.max_body_bytes, self._peer_host)
         self._ctx.stats.connections_open += 1
         self._arm(settings.keepalive_timeout_s, self._on_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self._h11.receive_data(data)
-        except h11.RemoteProtocolError:
-            self._close()
-            return
-        if self._req is None and not self._reading_request and self._h11.their_state is h11.IDLE:
+        self._reader.feed(data)
+        if self._req is None and not self._reading_request:
             self._reading_request = True
             self._arm(self._ctx.settings.request_timeout_s, self._on_request_timeout)
-        if self._upstream is not None or self._task is not None or self._lease is not None:
-            # A request is in flight: h11 keeps pipelined bytes; bound how much it may hold.
+        if self._req is not None:
+            # A request is in flight: pipelined bytes wait in the reader; bound how many.
             self._buffered += len(data)
             if self._buffered > self._ctx.settings.pipeline_buffer_bytes and not self._paused_reading:
                 self._paused_reading = True
@@ -135,12 +125,11 @@ class ClientConnection(asyncio.Protocol):
         self._process_events()
 
     def eof_received(self) -> bool | None:
-        try:
-            self._h11.receive_data(b"")
-        except h11.RemoteProtocolError:
-            pass
+        self._reader.feed_eof()
+        if self._req is None:
+            self._process_events()  # a request may have been completed by this EOF
         # Keep the transport half-open while a response is still being produced.
-        return self._upstream is not None or self._task is not None
+        return self._req is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -186,87 +175,33 @@ class ClientConnection(asyncio.Protocol):
             self._processing = False
 
     def _process_loop(self) -> None:
-        conn = self._h11
+        reader = self._reader
         while not self._closed:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                if status == 431:
-                    err = ProxyError(431, "request.headers_too_large", "request headers are too large")
-                else:
-                    err = ProxyError(status, "request.invalid_http", f"malformed HTTP request: {exc}")
+                req = reader.next_request()
+            except ProxyError as err:
                 self._write_and_close(error_response(err, keep_alive=False))
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            tp = type(event)
-            if tp is h11.Request:
-                assert isinstance(event, h11.Request)
-                if not self._start_request(event):
-                    return
-            elif tp is h11.Data:
-                assert isinstance(event, h11.Data)
-                self._body_len += len(event.data)
-                if self._body_len > self._ctx.settings.max_body_bytes:
-                    self._reject_too_large()
-                    return
-                self._body.append(bytes(event.data))
-            elif tp is h11.EndOfMessage:
-                self._reading_request = False
-                self._cancel_timer()
-                self._dispatch()
-                if self._req is not None:
-                    return  # answered asynchronously; _response_done resumes parsing
-                if conn.our_state is not h11.IDLE:
-                    return  # the connection is closing
-            elif tp is h11.ConnectionClosed:
+            except ConnectionClosed:
                 self._close()
                 return
-
-    def _start_request(self, event: h11.Request) -> bool:
-        target = bytes(event.target)
-        path, _, query = target.partition(b"?")
-        headers = [(bytes(k), bytes(v)) for k, v in event.headers]
-        if sum(len(k) + len(v) + 4 for k, v in headers) > self._ctx.settings.max_header_bytes:
-            # h11 bounds only heads that arrive in pieces; a head that arrived whole is checked here.
-            err = ProxyError(431, "request.headers_too_large", "request headers are too large")
-            self._write_and_close(error_response(err, keep_alive=False))
-            return False
-        self._req = HttpRequest(
-            method=bytes(event.method),
-            target=target,
-            path=path.decode("latin-1"),
-            query=query,
-            headers=headers,
-            http_version=bytes(event.http_version),
-            peer_host=self._peer_host,
-        )
-        self._body = []
-        self._body_len = 0
-        tokens = connection_tokens(headers)
-        self._keep_alive = b"close" not in tokens if event.http_version == b"1.1" else b"keep-alive" in tokens
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit() and int(value) > self._ctx.settings.max_body_bytes:
-                self._reject_too_large()
-                return False
-        if self._h11.they_are_waiting_for_100_continue:
-            assert self._transport is not None
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return True
-
-    def _reject_too_large(self) -> None:
-        limit = self._ctx.settings.max_body_bytes
-        err = ProxyError(413, "request.too_large", f"request body exceeds {limit} bytes", {"limit": limit})
-        self._write_and_close(error_response(err, keep_alive=False))
+            if reader.send_continue:
+                reader.send_continue = False
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if req is None:
+                return
+            self._req = req
+            self._keep_alive = reader.keep_alive
+            self._reading_request = False
+            self._cancel_timer()
+            self._dispatch()
+            if self._req is not None:
+                return  # answered asynchronously; _response_done resumes parsing
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self) -> None:
         req = self._req
         assert req is not None
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        req.body = body
-        self._body = []
         self._started = time.perf_counter()
         self._is_head = req.method == b"HEAD"
         path = req.path
@@ -591,15 +526,9 @@ class ClientConnection(asyncio.Protocol):
         self._busy_reset()
         if self._closed:
             return
-        try:
-            self._h11.send(_FAKE_RESPONSE)
-            self._h11.send(_FAKE_END)
-        except h11.LocalProtocolError:
-            keep_alive = False
-        if not keep_alive or self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
+        if not keep_alive or not self._reader.response_sent():
             self._close()
             return
-        self._h11.start_next_cycle()
         self._buffered = 0
         if self._paused_reading:
             self._paused_reading = False

@@ -1,0 +1,194 @@
+"""Client bytes in, complete requests out (no I/O).
+
+Simple heads (see ``http.request_head``) are parsed by the fast parser; any other head is
+handed to h11 in the server role together with everything buffered after it, and h11 stays
+in charge until that request's cycle ends. Body and header limits are enforced for both.
+"""
+
+from __future__ import annotations
+
+import h11
+
+from hal0proxy.http.errors import ProxyError
+from hal0proxy.http.headers import connection_tokens
+from hal0proxy.http.messages import HttpRequest
+from hal0proxy.http.request_head import NEED_MORE, SLOW, FastHead, parse_request_head
+
+_FAKE_RESPONSE = h11.Response(status_code=200, headers=[(b"content-length", b"0")])
+_FAKE_END = h11.EndOfMessage()
+
+
+class RequestReader:
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_buf",
+        "_eof",
+        "_h11",
+        "_head",
+        "_max_body",
+        "_max_header",
+        "_peer_host",
+        "_req",
+        "keep_alive",
+        "send_continue",
+    )
+
+    def __init__(self, max_header_bytes: int, max_body_bytes: int, peer_host: str | None) -> None:
+        self._max_header = max_header_bytes
+        self._max_body = max_body_bytes
+        self._peer_host = peer_host
+        self._buf = b""
+        self._eof = False
+        self._h11: h11.Connection | None = None  # set only while a non-simple request is read
+        self._head: FastHead | None = None
+        self._req: HttpRequest | None = None
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self.keep_alive = True
+        self.send_continue = False  # the caller must write "100 Continue" now
+
+    @property
+    def idle(self) -> bool:
+        """No byte of a next request has arrived yet."""
+        if self._h11 is not None:
+            return self._h11.their_state is h11.IDLE and not self._h11.trailing_data[0]
+        return not self._buf
+
+    def feed(self, data: bytes) -> None:
+        if self._h11 is not None:
+            self._h11.receive_data(data)
+        else:
+            self._buf = self._buf + data if self._buf else data
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        if self._h11 is not None:
+            self._h11.receive_data(b"")
+
+    def next_request(self) -> HttpRequest | None:
+        """The next complete request, or None until more bytes arrive.
+
+        Raises ``ProxyError`` for input that must be answered with a 4xx and a close.
+        """
+        if self._h11 is None:
+            head = self._head
+            if head is None:
+                parsed = parse_request_head(self._buf)
+                if parsed is NEED_MORE:
+                    if len(self._buf) > self._max_header:
+                        raise _too_large_head()
+                    return None
+                if parsed is SLOW:
+                    self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header)
+                    self._h11.receive_data(self._buf)
+                    if self._eof:
+                        self._h11.receive_data(b"")
+                    self._buf = b""
+                    return self._next_from_h11()
+                assert isinstance(parsed, FastHead)
+                if parsed.body_start > self._max_header:
+                    raise _too_large_head()
+                if parsed.content_length > self._max_body:
+                    raise self._too_large_body()
+                head = self._head = parsed
+            end = head.body_start + head.content_length
+            if len(self._buf) < end:
+                return None
+            body = self._buf[head.body_start : end] if head.content_length else b""
+            self._buf = self._buf[end:]
+            self._head = None
+            self.keep_alive = head.keep_alive
+            return self._request(head.method, head.target, head.headers, b"1.1", body)
+        return self._next_from_h11()
+
+    def response_sent(self) -> bool:
+        """Advance to the next request cycle; False when the connection must close."""
+        conn = self._h11
+        if conn is None:
+            return self.keep_alive and not (self._eof and not self._buf)
+        try:
+            conn.send(_FAKE_RESPONSE)  # h11 must see a response to leave this cycle
+            conn.send(_FAKE_END)
+        except h11.LocalProtocolError:
+            return False
+        if not self.keep_alive or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        conn.start_next_cycle()
+        # Back to the fast parser with whatever was pipelined behind this request.
+        self._buf, closed = conn.trailing_data
+        self._eof = self._eof or closed
+        self._h11 = None
+        return True
+
+    # -- h11 path ----------------------------------------------------------------------------
+    def _next_from_h11(self) -> HttpRequest | None:
+        conn = self._h11
+        assert conn is not None
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:
+                    raise _too_large_head() from None
+                raise ProxyError(
+                    exc.error_status_hint, "request.invalid_http", f"malformed HTTP request: {exc}"
+                ) from None
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return None
+            if isinstance(event, h11.Request):
+                headers = [(bytes(k), bytes(v)) for k, v in event.headers]
+                if sum(len(k) + len(v) + 4 for k, v in headers) > self._max_header:
+                    raise _too_large_head()  # h11 bounds only heads that arrive in pieces
+                for name, value in headers:
+                    if name == b"content-length" and value.isdigit() and int(value) > self._max_body:
+                        raise self._too_large_body()
+                tokens = connection_tokens(headers)
+                version = bytes(event.http_version)
+                self.keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
+                self._req = self._request(bytes(event.method), bytes(event.target), headers, version, b"")
+                self._body = []
+                self._body_len = 0
+                if conn.they_are_waiting_for_100_continue:
+                    self.send_continue = True
+            elif isinstance(event, h11.Data):
+                self._body_len += len(event.data)
+                if self._body_len > self._max_body:
+                    raise self._too_large_body()
+                self._body.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                req = self._req
+                assert req is not None
+                req.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+                self._req = None
+                self._body = []
+                return req
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionClosed
+
+    def _request(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], version: bytes, body: bytes
+    ) -> HttpRequest:
+        path, _, query = target.partition(b"?")
+        return HttpRequest(
+            method=method,
+            target=target,
+            path=path.decode("latin-1"),
+            query=query,
+            headers=headers,
+            body=body,
+            http_version=version,
+            peer_host=self._peer_host,
+        )
+
+    def _too_large_body(self) -> ProxyError:
+        limit = self._max_body
+        return ProxyError(413, "request.too_large", f"request body exceeds {limit} bytes", {"limit": limit})
+
+
+class ConnectionClosed(Exception):
+    """The client closed its side cleanly between requests."""
+
+
+def _too_large_head() -> ProxyError:
+    return ProxyError(431, "request.headers_too_large", "request headers are too large")
