@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,28 +27,12 @@ from typing import Any
 import pytest
 
 from tests.support.emulator import REPO, EmulatorProcess, free_port, start_emulator
-from tests.support.proxy import ProxyProcess, start_proxy, wait_for
-from tests.test_grafana_dashboard import concrete_expr, dashboard_exprs
+from tests.support.proxy import ProxyProcess, start_proxy, terminate, wait_for
+from tests.test_grafana_dashboard import PROXY_CONFIG, concrete_expr, dashboard_exprs
 
 CONFIG_TEMPLATE = REPO / "prometheus" / "prometheus.test.yml"
 INSTALL_SCRIPT = REPO / "scripts" / "install_prometheus.sh"
 
-PROXY_CONFIG = """
-[policy]
-cold_start = "wait"
-max_wait_s = 30
-
-[[slot]]
-name = "primary"
-model = "Qwen3-0.6B-GGUF"
-type = "llm"
-warm = true
-
-[[slot]]
-name = "embed"
-model = "nomic-embed-text-v1-GGUF"
-type = "embedding"
-"""
 SLOTS = ("primary", "embed")
 SLOT_REQUESTS = f'sum(hal0proxy_requests_total{{slot=~"{"|".join(SLOTS)}"}})'
 
@@ -104,13 +87,7 @@ class Prometheus:
         return value
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
 
 
 def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:
