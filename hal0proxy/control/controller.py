@@ -337,6 +337,10 @@ class Controller:
 
     async def _make_room(self, slot: Slot, mtype: str) -> None:
         health = self.adapter.last_health
+        if health is None:
+            # Without lemond's pool limits the proxy could not keep its LRU from choosing.
+            with contextlib.suppress(LemondError):
+                health = await self.adapter.refresh()
         max_models = health.max_models.get(mtype, -1) if health is not None else -1
         cfg = slot.config
         deadline = self.clock() + (cfg.max_wait_s if cfg else self.config.policy.max_wait_s)
@@ -375,6 +379,12 @@ class Controller:
 
     async def _unload_model(self, model: str, reason: str) -> None:
         self.registry.signal_model(model, UnloadRequested(), self.clock())
+        # Nothing new is dispatched to an unloading slot; let what is in flight finish first
+        # (room and idle victims are quiet already, so this only waits for admin unloads).
+        deadline = self.clock() + self.config.policy.max_wait_s
+        while self.registry.in_flight(model) and self.clock() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), 1.0)
         self.unloads_issued[reason] = self.unloads_issued.get(reason, 0) + 1
         self.hooks.evicted(reason, "proxy")
         self._unloading.add(model)

@@ -235,3 +235,19 @@ def test_admin_auth_and_slot_name_validation(emulator: EmulatorProcess, tmp_path
         status, _, _ = proxy.request("POST", "/api/slots/primary/unload", headers={"Authorization": "Bearer s3cret"})
         assert status == 200
         assert proxy.slots()["primary"]["state"] == "offline"
+
+
+def test_admin_unload_drains_streams_in_flight(emulator: EmulatorProcess) -> None:
+    with start_proxy(emulator.base_url, slot_toml("primary", SMALL, warm=True)) as proxy:
+        assert wait_for(lambda: proxy.slots()["primary"]["state"] == "ready", 10)
+        first = threading.Event()
+        result: dict[str, Any] = {}
+        streamer = threading.Thread(
+            target=lambda: result.update(s=stream_events(proxy, chat("primary", stream=True, max_tokens=300), first))
+        )
+        streamer.start()
+        assert first.wait(10)
+        status, _, body = proxy.request("POST", "/api/slots/primary/unload")
+        streamer.join(30)
+        assert status == 200 and json.loads(body)["state"] == "offline"
+        assert result["s"][1][-1] == b"data: [DONE]"  # the stream was not cut by the unload
