@@ -9,61 +9,27 @@ hop-by-hop headers) followed by the child's body bytes, written as the objects r
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
+from collections.abc import Callable
 from typing import cast
 
 from hal0proxy.http.errors import ProxyError, error_response, json_response, reason_phrase
-from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
-from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens, date_header
+from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, encode_chunk
+from hal0proxy.http.headers import date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
-from hal0proxy.proxy.classify import Classified, classify
 from hal0proxy.proxy.context import ProxyContext
+from hal0proxy.proxy.forwarding import Forwarding
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
 from hal0proxy.proxy.routing import Lease
-from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, ResponseHead, UpstreamConnection
+from hal0proxy.proxy.upstream import UpstreamConnection
+from hal0proxy.proxy.wire import check_api_key
 
-_STREAM_INTERRUPTED = encode_chunk(
-    b'data: {"error":{"message":"the model server closed the stream before it finished",'
-    b'"type":"upstream_error","code":"upstream.stream_interrupted"}}\n\n'
-)
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
-_MAX_REROUTES = 2
 # Probes and scrapes are not traffic: counting them would drown the request rate of quiet slots.
 _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
-class ClientConnection(asyncio.Protocol):
-    __slots__ = (
-        "_buffered",
-        "_can_write",
-        "_closed",
-        "_ctx",
-        "_head_sent",
-        "_is_head",
-        "_keep_alive",
-        "_lease",
-        "_loop",
-        "_paused_reading",
-        "_peer_host",
-        "_processing",
-        "_reader",
-        "_reading_request",
-        "_req",
-        "_request_bytes",
-        "_resp_chunked",
-        "_resp_sse",
-        "_retried",
-        "_scanner",
-        "_started",
-        "_status",
-        "_task",
-        "_timer",
-        "_transport",
-        "_ttfb",
-        "_upstream",
-        "_write_paused",
-    )
+class ClientConnection(Forwarding, asyncio.Protocol):
+    __slots__ = ()  # the layout is declared once, in Forwarding
 
     def __init__(self, ctx: ProxyContext) -> None:
         self._ctx = ctx
@@ -216,20 +182,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._send_error(ProxyError(404, "resource.not_found", f"no such endpoint: {path}", {"path": path}))
 
-    def _check_api_key(self, req: HttpRequest) -> None:
-        keys = self._ctx.settings.api_keys
-        if not keys:
-            return
-        value = req.header(b"authorization")
-        if value is None or not value.lower().startswith(b"bearer "):
-            raise ProxyError(401, "auth.required", "an API key is required (Authorization: Bearer ...)")
-        given = value[7:].strip()
-        if not any(hmac.compare_digest(given, k.encode()) for k in keys):
-            raise ProxyError(403, "auth.forbidden", "the API key is not valid")
-
     def _answer_models(self, req: HttpRequest) -> None:
         try:
-            self._check_api_key(req)
+            check_api_key(req, self._ctx.settings.api_keys)
         except ProxyError as err:
             self._send_error(err)
             return
@@ -244,215 +199,6 @@ class ClientConnection(asyncio.Protocol):
         self._status = 200
         self._write(json_response(200, payload, keep_alive=self._keep_alive))
         self._response_done()
-
-    def _dispatch_forward(self, req: HttpRequest) -> None:
-        try:
-            self._check_api_key(req)
-            classified = classify(req.path, req.query, req.header(b"content-type") or b"", req.body)
-            lease = self._ctx.router.acquire_now(classified)
-        except ProxyError as err:
-            self._send_error(err)
-            return
-        if lease is None:
-            self._task = self._loop.create_task(self._forward(req, classified))
-            return
-        # Fast path: a proven route and an idle pooled connection need no task at all.
-        self._lease = lease
-        self._request_bytes = self._build_upstream_request(req, classified.upstream_path)
-        conn = self._ctx.pool.take_idle(lease.port)
-        if conn is None:
-            self._task = self._loop.create_task(self._connect_and_send(fresh=False))
-        else:
-            self._send_upstream(conn)
-
-    async def _forward(self, req: HttpRequest, classified: Classified) -> None:
-        try:
-            self._lease = await self._ctx.router.acquire(classified)
-        except ProxyError as err:
-            self._task = None
-            self._send_error(err)
-            return
-        if self._closed:
-            self._release_lease()
-            return
-        self._request_bytes = self._build_upstream_request(req, classified.upstream_path)
-        await self._connect_and_send(fresh=False)
-
-    def _build_upstream_request(self, req: HttpRequest, target: bytes) -> bytes:
-        drop = _REQUEST_DROP | connection_tokens(req.headers)
-        settings = self._ctx.settings
-        parts = [req.method, b" ", target, b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"]
-        for name, value in req.headers:
-            if name in drop:
-                continue
-            if name == b"x-conversation-id" and not settings.forward_conversation_id:
-                continue
-            if name == b"authorization" and settings.api_keys:
-                continue  # the proxy's key is not the child's business
-            parts.append(name + b": " + value + b"\r\n")
-        parts.append(b"content-length: %d\r\n\r\n" % len(req.body))
-        parts.append(req.body)
-        return b"".join(parts)
-
-    async def _connect_and_send(self, fresh: bool) -> None:
-        pool = self._ctx.pool
-        reroutes = 0
-        while True:
-            lease = self._lease
-            if lease is None or self._closed:
-                self._task = None
-                return
-            conn = None if fresh else pool.take_idle(lease.port)
-            if conn is None:
-                try:
-                    conn = await pool.connect(lease.port)
-                except ConnectTimeout:
-                    self._task = None
-                    self._fail(ProxyError(504, "upstream.timeout", "timed out connecting to the model server"))
-                    return
-                except ConnectFailed as exc:
-                    # The route is stale (child gone or moved): re-resolve instead of answering 502.
-                    pool.drop_port(lease.port)
-                    self._release_lease()
-                    self._ctx.stats.reroutes += 1
-                    new_lease: Lease | None = None
-                    if reroutes < _MAX_REROUTES:
-                        try:
-                            new_lease = await self._ctx.router.reroute(lease)
-                        except ProxyError as err:
-                            self._task = None
-                            self._fail(err)
-                            return
-                    if new_lease is None:
-                        self._task = None
-                        self._fail(
-                            ProxyError(
-                                502,
-                                "dispatch.upstream_unavailable",
-                                "the model server is not reachable",
-                                {"slot": lease.slot, "port": lease.port, "error": str(exc)},
-                            )
-                        )
-                        return
-                    self._lease = new_lease
-                    reroutes += 1
-                    fresh = False
-                    continue
-            if self._closed:
-                pool.release(conn)
-                self._release_lease()
-                self._task = None
-                return
-            self._task = None
-            self._send_upstream(conn)
-            return
-
-    def _send_upstream(self, conn: UpstreamConnection) -> None:
-        self._upstream = conn
-        conn.send(self._request_bytes, self, self._is_head)
-        if self._write_paused:
-            conn.pause_reading()
-        self._arm(self._ctx.settings.upstream_first_byte_timeout_s, self._on_first_byte_timeout)
-
-    # ------------------------------------------------------------------ Exchange callbacks
-    def on_head(self, head: ResponseHead, first: bytes) -> None:
-        self._cancel_timer()
-        self._ttfb = time.perf_counter()
-        self._status = head.status
-        parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason or reason_phrase(head.status))]
-        sse = False
-        has_accel = False
-        has_length = False
-        for name, value in head.headers:
-            if name in HOP_BY_HOP:
-                continue
-            if name == b"content-type":
-                sse = value.startswith(b"text/event-stream")
-            elif name == b"x-accel-buffering":
-                has_accel = True
-            elif name == b"content-length":
-                has_length = True
-            parts.append(name + b": " + value + b"\r\n")
-        if head.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        elif not has_length and not self._is_head and head.status not in (204, 304):
-            self._keep_alive = False  # close-delimited body: only the close can end it downstream
-        if sse and not has_accel:
-            parts.append(b"x-accel-buffering: no\r\n")
-        if not self._keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        self._head_sent = True
-        self._scanner = self._upstream.scanner if self._upstream is not None else None
-        self._resp_chunked = head.chunked
-        self._resp_sse = sse
-        assert self._transport is not None
-        if first:
-            self._transport.writelines((b"".join(parts), first))
-        else:
-            self._transport.write(b"".join(parts))
-
-    def on_body(self, data: bytes) -> None:
-        self._transport.write(data)  # type: ignore[union-attr]
-
-    def on_end(self) -> None:
-        scanner = self._scanner
-        if isinstance(scanner, ChunkedScanner):
-            self._ctx.stats.chunks_relayed += scanner.chunks
-        self._upstream = None
-        self._response_done()
-
-    def on_lost(self) -> None:
-        self._upstream = None
-        self._ctx.stats.streams_interrupted += 1
-        if not self._head_sent:
-            self._fail(ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection"))
-            return
-        scanner = self._scanner
-        if self._resp_sse and self._resp_chunked and scanner is not None and scanner.at_boundary:
-            # Between two events: end the stream as a well-formed SSE error plus chunked end.
-            self._write(_STREAM_INTERRUPTED + LAST_CHUNK)
-            self._response_done()
-        else:
-            # Mid-event or non-SSE: nothing honest can be appended; the client must see a failure.
-            self._abort()
-
-    def on_failed_before_response(self, reused: bool) -> None:
-        self._upstream = None
-        if self._closed:
-            self._release_lease()
-            return
-        if reused and not self._retried:
-            # A kept-alive connection the child had already closed (llama-server closes after
-            # every stream): nothing reached the client, so one retry on a fresh connection is safe.
-            self._retried = True
-            self._ctx.stats.retries += 1
-            self._task = self._loop.create_task(self._connect_and_send(fresh=True))
-            return
-        # The child accepted the connection and died without answering: treat as a stale route.
-        lease = self._lease
-        if lease is not None:
-            self._ctx.pool.drop_port(lease.port)
-        self._task = self._loop.create_task(self._reroute_after_death())
-
-    async def _reroute_after_death(self) -> None:
-        lease = self._lease
-        self._release_lease()
-        new_lease = None
-        if lease is not None:
-            try:
-                new_lease = await self._ctx.router.reroute(lease)
-            except ProxyError as err:
-                self._task = None
-                self._fail(err)
-                return
-        if new_lease is None:
-            self._task = None
-            self._fail(ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection"))
-            return
-        self._lease = new_lease
-        self._retried = True
-        await self._connect_and_send(fresh=True)
 
     # ------------------------------------------------------------------ local endpoints
     async def _serve_local(self, req: HttpRequest) -> None:
@@ -544,10 +290,10 @@ class ClientConnection(asyncio.Protocol):
             lease.release()
 
     # ------------------------------------------------------------------ timers and I/O helpers
-    def _arm(self, delay: float, callback: object) -> None:
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(delay, callback)  # type: ignore[arg-type]
+        self._timer = self._loop.call_later(delay, callback)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -564,14 +310,6 @@ class ClientConnection(asyncio.Protocol):
         if self._req is None or (self._task is None and self._upstream is None and self._lease is None):
             err = ProxyError(408, "request.timeout", "the request was not received in time")
             self._write_and_close(error_response(err, keep_alive=False))
-
-    def _on_first_byte_timeout(self) -> None:
-        self._timer = None
-        upstream = self._upstream
-        if upstream is not None and not self._head_sent:
-            self._upstream = None
-            upstream.abort()
-            self._fail(ProxyError(504, "upstream.timeout", "the model server did not answer in time"))
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._closed:

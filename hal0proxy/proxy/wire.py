@@ -1,0 +1,77 @@
+"""Pure wire-format decisions of the data plane: what goes to the child, what to the client."""
+
+from __future__ import annotations
+
+import hmac
+
+from hal0proxy.http.errors import ProxyError, reason_phrase
+from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens
+from hal0proxy.http.messages import HttpRequest
+from hal0proxy.proxy.settings import ProxySettings
+from hal0proxy.proxy.upstream import ResponseHead
+
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+
+
+def check_api_key(req: HttpRequest, keys: tuple[str, ...]) -> None:
+    """Raise 401/403 unless ``req`` carries one of ``keys`` (no keys: everyone may pass)."""
+    if not keys:
+        return
+    value = req.header(b"authorization")
+    if value is None or not value.lower().startswith(b"bearer "):
+        raise ProxyError(401, "auth.required", "an API key is required (Authorization: Bearer ...)")
+    given = value[7:].strip()
+    # Compare against every key, in constant time each, so timing reveals nothing.
+    if not any(hmac.compare_digest(given, k.encode()) for k in keys):
+        raise ProxyError(403, "auth.forbidden", "the API key is not valid")
+
+
+def upstream_request(req: HttpRequest, target: bytes, settings: ProxySettings) -> bytes:
+    """The request as sent to the child: end-to-end headers only, re-framed with a length.
+
+    Re-framing with our own Content-Length (the body is complete by now) means the child
+    never sees the client's framing, so nothing the client sent can desynchronise it.
+    """
+    drop = _REQUEST_DROP | connection_tokens(req.headers)
+    parts = [req.method, b" ", target, b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"]
+    for name, value in req.headers:
+        if name in drop:
+            continue
+        if name == b"x-conversation-id" and not settings.forward_conversation_id:
+            continue  # it would switch llama-server into detached generation
+        if name == b"authorization" and settings.api_keys:
+            continue  # the proxy's key is not the child's business
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"content-length: %d\r\n\r\n" % len(req.body))
+    parts.append(req.body)
+    return b"".join(parts)
+
+
+def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
+    """``(head bytes, is SSE, keep-alive)`` for relaying ``head`` to the client.
+
+    The child's framing is kept (its body bytes are relayed verbatim); hop-by-hop headers
+    are dropped; SSE gets ``X-Accel-Buffering: no``; a close-delimited body forces a close.
+    """
+    parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason or reason_phrase(head.status))]
+    sse = has_accel = has_length = False
+    for name, value in head.headers:
+        if name in HOP_BY_HOP:
+            continue
+        if name == b"content-type":
+            sse = value.startswith(b"text/event-stream")
+        elif name == b"x-accel-buffering":
+            has_accel = True
+        elif name == b"content-length":
+            has_length = True
+        parts.append(name + b": " + value + b"\r\n")
+    if head.chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif not has_length and not is_head_request and head.status not in (204, 304):
+        keep_alive = False  # close-delimited body: only the close can end it downstream
+    if sse and not has_accel:
+        parts.append(b"x-accel-buffering: no\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), sse, keep_alive
