@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hal0proxy.emulator.catalog import CatalogModel
+from hal0proxy.emulator.realbin import llama_server_command
 
 __all__ = ["ChildSpec", "LaunchPlan", "fake_model_path"]
 
@@ -49,21 +50,15 @@ class LaunchPlan:
         if spec.fail_start or not self.real:
             return self._fake_argv(model, ctx_size, port, spec)
         assert self.real_binary is not None and self.real_model is not None
-        argv = [
-            str(self.real_binary),
-            "-m",
-            str(self.real_model),
-            "--ctx-size",
-            str(ctx_size),
-            "--port",
-            str(port),
-            "--jinja",
-            "--metrics",
-        ]
-        if model.child_flag:
-            argv.append(model.child_flag)
-        # Custom args (lemond's llamacpp_args): keep the real binary light on a shared machine.
-        return [*argv, "-t", "1", "-np", "4"]
+        # lemond's argument shape; one thread and four slots keep it light on a shared machine.
+        return llama_server_command(
+            self.real_binary,
+            self.real_model,
+            port,
+            ctx_size=ctx_size,
+            embeddings=model.child_flag == "--embeddings",
+            reranking=model.child_flag == "--reranking",
+        )
 
     def _fake_argv(self, model: CatalogModel, ctx_size: int, port: int, spec: ChildSpec) -> list[str]:
         argv = [
