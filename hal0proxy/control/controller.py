@@ -14,11 +14,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hal0proxy.config import Config
-from hal0proxy.control.journal import Journal
+from hal0proxy.control.journal import Journal, event_fields
 from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
@@ -430,7 +430,7 @@ class Controller:
         elif isinstance(event, ProcessCrashed):
             self.hooks.evicted("crash", "lemond")
         self.registry.apply_event(event)
-        self.journal.publish(f"lemond.{type(event).__name__}", **_event_fields(event))
+        self.journal.publish(f"lemond.{type(event).__name__}", **event_fields(event))
 
     def _on_state_change(self, slot: Slot, before: SlotState) -> None:
         status = slot.status
@@ -448,16 +448,3 @@ class Controller:
             port=status.port,
             message=status.message,
         )
-
-
-def _event_fields(event: LemondEvent) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for field in fields(event):
-        name = field.name
-        value = getattr(event, name, None)
-        if name == "loaded":
-            value = [m.model for m in value or ()]
-        elif name == "observed_at":
-            continue
-        out[name] = value if isinstance(value, str | int | float | bool | list | dict | type(None)) else str(value)
-    return out

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from dataclasses import fields
 from typing import Any
+
+from hal0proxy.lemond.events import LemondEvent
 
 
 class Subscription:
@@ -57,3 +60,17 @@ class Journal:
 
     def subscriber_count(self) -> int:
         return len(self._subs)
+
+
+def event_fields(event: LemondEvent) -> dict[str, Any]:
+    """A lemond event as JSON-ready fields for the journal (enums and tuples made plain)."""
+    out: dict[str, Any] = {}
+    for field in fields(event):
+        name = field.name
+        value = getattr(event, name, None)
+        if name == "loaded":
+            value = [m.model for m in value or ()]
+        elif name == "observed_at":
+            continue
+        out[name] = value if isinstance(value, str | int | float | bool | list | dict | type(None)) else str(value)
+    return out
