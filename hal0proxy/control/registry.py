@@ -72,6 +72,7 @@ class SlotRegistry:
         self._on_change = on_change
         self.model_types: dict[str, str] = {}  # lemond model name -> lemond type (pool)
         self.known_models: dict[str, dict[str, Any]] = {}  # lemond's /v1/models entries
+        self._last_event_at: dict[str, float] = {}  # model -> observed_at of its newest log event
         for cfg in configured:
             self._add(Slot(name=cfg.name, model=cfg.model, type=cfg.type, config=cfg))
             self.model_types[cfg.model] = cfg.type
@@ -126,6 +127,9 @@ class SlotRegistry:
     def apply_event(self, event: LemondEvent) -> None:
         """Map one lemond event onto the slots it concerns (see ``slots.signals``)."""
         now = event.observed_at or time.monotonic()
+        model = getattr(event, "model", None)
+        if isinstance(model, str):
+            self._last_event_at[model] = now
         if isinstance(event, ModelLoaded):
             self._ensure_adopted(event.model)
             self.signal_model(event.model, ChildUp(event.port, event.pid), now)
@@ -153,6 +157,10 @@ class SlotRegistry:
             self.model_types[entry.model] = entry.type
             self._ensure_adopted(entry.model)
         for slot in self.all():
+            if self._last_event_at.get(slot.model, float("-inf")) > now:
+                # The log told us about this model after the health request was sent:
+                # the snapshot is older than what we know, so it must not undo it.
+                continue
             found = present.get(slot.model)
             if found is not None:
                 self.signal(slot, Resync(True, found.port, found.pid), now)
