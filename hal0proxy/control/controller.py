@@ -96,7 +96,9 @@ class Controller:
         self.loads_issued = 0
         self.unloads_issued: dict[str, int] = {}
         self.hooks = ControlHooks()
-        self._unloading: set[str] = set()  # models the proxy is unloading right now
+        # model -> when the proxy asked lemond to unload it; the eviction line that follows
+        # (often after /v1/unload has returned) is the proxy's, not lemond's own decision.
+        self._proxy_unloads: dict[str, float] = {}
         self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
         adapter.subscribe(self._on_event)
 
@@ -387,13 +389,12 @@ class Controller:
                 await asyncio.wait_for(self._quiet.wait(), 1.0)
         self.unloads_issued[reason] = self.unloads_issued.get(reason, 0) + 1
         self.hooks.evicted(reason, "proxy")
-        self._unloading.add(model)
+        self._proxy_unloads[model] = self.clock()
         try:
             await self.adapter.client.unload(model)
         except NotLoaded:
-            pass
+            self._proxy_unloads.pop(model, None)
         finally:
-            self._unloading.discard(model)
             # The eviction log line normally updates the route; do not depend on it arriving.
             with contextlib.suppress(LemondError):
                 await self.adapter.refresh(newer_than=self.clock())
@@ -425,8 +426,10 @@ class Controller:
 
     # ------------------------------------------------------------------ internals: events
     def _on_event(self, event: LemondEvent) -> None:
-        if isinstance(event, ModelEvicted) and event.model not in self._unloading:
-            self.hooks.evicted(str(event.reason), "lemond")
+        if isinstance(event, ModelEvicted):
+            asked_at = self._proxy_unloads.pop(event.model, None)
+            if asked_at is None or self.clock() - asked_at > 60.0:
+                self.hooks.evicted(str(event.reason), "lemond")
         elif isinstance(event, ProcessCrashed):
             self.hooks.evicted("crash", "lemond")
         self.registry.apply_event(event)

@@ -154,6 +154,10 @@ def test_idle_unload_after_timeout_but_never_mid_request(emulator: EmulatorProce
         assert f"Unload model called: {SMALL}" not in emulator.log_text()
         assert wait_for(lambda: proxy.slots()["primary"]["state"] == "offline", 10)
         assert f"Unload model called: {SMALL}" in emulator.log_text()
+        time.sleep(0.3)  # let the eviction's log line reach the proxy too
+        metrics = proxy.request("GET", "/metrics")[2].decode()
+        assert 'hal0proxy_evictions_total{initiator="proxy",reason="idle"} 1.0' in metrics
+        assert 'initiator="lemond"' not in metrics  # counted once, as the proxy's decision
 
 
 def test_idle_unload_is_journaled(emulator: EmulatorProcess) -> None:
