@@ -104,10 +104,19 @@ class Proxy:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
-        # Phase 1: stop accepting; phase 2: stop the control plane; phase 3: drop idle upstreams.
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Phased shutdown: stop accepting, let in-flight responses finish (bounded), then
+        close client connections, stop the control plane and drop idle child connections."""
         if self.server is not None:
             self.server.close()
+        self.ctx.draining = True
+        for conn in list(self.ctx.connections):
+            conn.close_when_idle()
+        deadline = time.monotonic() + grace_s
+        while any(c.busy for c in self.ctx.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.ctx.connections):
+            conn.close_when_idle()
         if self.controller is not None:
             await self.controller.stop()
         self.ctx.pool.close()

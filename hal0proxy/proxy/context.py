@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from hal0proxy.http.messages import LocalHandler
 from hal0proxy.proxy.routing import Router
@@ -31,6 +32,13 @@ def _ignore(_slot: str | None, _status: int, _seconds: float, _ttfb: float | Non
     return None
 
 
+class Drainable(Protocol):
+    @property
+    def busy(self) -> bool: ...
+
+    def close_when_idle(self) -> None: ...
+
+
 @dataclass(slots=True)
 class ProxyContext:
     router: Router
@@ -39,3 +47,5 @@ class ProxyContext:
     local: LocalHandler | None = None
     stats: DataPlaneStats = field(default_factory=DataPlaneStats)
     observe: Observer = _ignore
+    connections: set[Drainable] = field(default_factory=set)  # open client connections, for draining
+    draining: bool = False

@@ -64,6 +64,16 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._started = 0.0
         self._ttfb = 0.0
 
+    @property
+    def busy(self) -> bool:
+        """A request is being answered (or its bytes have started arriving)."""
+        return self._req is not None or self._reading_request
+
+    def close_when_idle(self) -> None:
+        """Shutdown: close now if idle; otherwise ``_response_done`` closes after this response."""
+        if not self.busy:
+            self._close()
+
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -73,6 +83,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._peer_host = peer[0] if isinstance(peer, tuple) else None
         self._reader = RequestReader(settings.max_header_bytes, settings.max_body_bytes, self._peer_host)
         self._ctx.stats.connections_open += 1
+        self._ctx.connections.add(self)
         self._arm(settings.keepalive_timeout_s, self._on_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -100,6 +111,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._ctx.stats.connections_open -= 1
+        self._ctx.connections.discard(self)
         self._cancel_timer()
         upstream = self._upstream
         if upstream is not None:
@@ -272,7 +284,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._busy_reset()
         if self._closed:
             return
-        if not keep_alive or not self._reader.response_sent():
+        if not keep_alive or self._ctx.draining or not self._reader.response_sent():
             self._close()
             return
         self._buffered = 0
