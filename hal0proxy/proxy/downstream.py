@@ -183,6 +183,10 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._started = time.perf_counter()
         self._is_head = req.method == b"HEAD"
         path = req.path
+        if path.startswith("/api/v1/") and not path.startswith("/api/v1/adapter/"):
+            # lemond's documented base is /api/v1: clients moved over from lemond keep working.
+            path = req.path = path[4:]
+            req.target = req.target[4:]
         if path.startswith("/v1/"):
             if path == "/v1/models" or path.startswith("/v1/models/"):
                 if req.method in (b"GET", b"HEAD"):

@@ -285,3 +285,11 @@ async def test_long_pipeline_of_locally_answered_requests(rig: Rig) -> None:
     writer.write(build_request("POST", "/v1/chat/completions", body(mode="json")))
     assert (await read_response(reader)).status == 200
     writer.close()
+
+
+async def test_lemond_style_api_v1_prefix_is_accepted(rig: Rig) -> None:
+    resp = await roundtrip(rig.proxy_port, "POST", "/api/v1/chat/completions", body(mode="echo"))
+    assert resp.status == 200
+    assert json.loads(resp.body)["head"].startswith("POST /v1/chat/completions HTTP/1.1")
+    models = await roundtrip(rig.proxy_port, "GET", "/api/v1/models")
+    assert models.status == 200 and json.loads(models.body)["data"][0]["id"] == "m"
