@@ -81,7 +81,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=settings.write_high_water, low=settings.write_low_water)
         peer = transport.get_extra_info("peername")
         self._peer_host = peer[0] if isinstance(peer, tuple) else None
-        self._reader = RequestReader(settings.max_header_bytes, settings.max_body_bytes, self._peer_host)
+        self._reader.peer_host = self._peer_host
         self._ctx.stats.connections_open += 1
         self._ctx.connections.add(self)
         self._arm(settings.keepalive_timeout_s, self._on_idle_timeout)

@@ -28,16 +28,16 @@ class RequestReader:
         "_head",
         "_max_body",
         "_max_header",
-        "_peer_host",
         "_req",
         "keep_alive",
+        "peer_host",
         "send_continue",
     )
 
     def __init__(self, max_header_bytes: int, max_body_bytes: int, peer_host: str | None) -> None:
         self._max_header = max_header_bytes
         self._max_body = max_body_bytes
-        self._peer_host = peer_host
+        self.peer_host = peer_host  # known once the connection is made
         self._buf = b""
         self._eof = False
         self._h11: h11.Connection | None = None  # set only while a non-simple request is read
@@ -178,7 +178,7 @@ class RequestReader:
             headers=headers,
             body=body,
             http_version=version,
-            peer_host=self._peer_host,
+            peer_host=self.peer_host,
         )
 
     def _too_large_body(self) -> ProxyError:
