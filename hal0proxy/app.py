@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -143,7 +144,13 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
+def _setup_logging() -> None:
+    level = os.environ.get("HAL0PROXY_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    _setup_logging()
     try:
         config = _config_from_args(args)
     except ConfigError as exc:
@@ -173,6 +180,7 @@ def _wait_http(url: str, timeout: float) -> bool:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    _setup_logging()
     host, port = args.listen
     emu_port = args.emulator_port
     emulator = subprocess.Popen(

@@ -9,9 +9,10 @@ hop-by-hop headers) followed by the child's body bytes, written as the objects r
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from hal0proxy.http.errors import ProxyError, error_response, json_response, reason_phrase
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, encode_chunk
@@ -23,6 +24,8 @@ from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.proxy.upstream import UpstreamConnection
 from hal0proxy.proxy.wire import check_api_key
+
+log = logging.getLogger("hal0proxy.proxy")
 
 # Probes and scrapes are not traffic: counting them would drown the request rate of quiet slots.
 _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -194,7 +197,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
                     return
             self._dispatch_forward(req)
         elif self._ctx.local is not None:
-            self._task = self._loop.create_task(self._serve_local(req))
+            self._task = self._spawn(self._serve_local(req))
         else:
             self._send_error(ProxyError(404, "resource.not_found", f"no such endpoint: {path}", {"path": path}))
 
@@ -326,6 +329,21 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         if self._req is None or (self._task is None and self._upstream is None and self._lease is None):
             err = ProxyError(408, "request.timeout", "the request was not received in time")
             self._write_and_close(error_response(err, keep_alive=False))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self._loop.create_task(coro)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # A bug must cost one request a 500, never leave a client waiting for ever.
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("request handling failed", exc_info=task.exception())
+        if self._task is task:
+            self._task = None
+        if not self._closed and self._req is not None and self._upstream is None:
+            self._fail(ProxyError(500, "system.internal", "internal error while handling the request"))
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._closed:

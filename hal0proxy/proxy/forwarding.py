@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
@@ -109,6 +109,9 @@ class Forwarding:
     def _abort(self) -> None:
         raise NotImplementedError
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        raise NotImplementedError
+
     # -- forwarding --------------------------------------------------------------------------
 
     def _dispatch_forward(self, req: HttpRequest) -> None:
@@ -120,14 +123,14 @@ class Forwarding:
             self._send_error(err)
             return
         if lease is None:
-            self._task = self._loop.create_task(self._forward(req, classified))
+            self._task = self._spawn(self._forward(req, classified))
             return
         # Fast path: a proven route and an idle pooled connection need no task at all.
         self._lease = lease
         self._request_bytes = upstream_request(req, classified.upstream_path, self._ctx.settings)
         conn = self._ctx.pool.take_idle(lease.port)
         if conn is None:
-            self._task = self._loop.create_task(self._connect_and_send(fresh=False))
+            self._task = self._spawn(self._connect_and_send(fresh=False))
         else:
             self._send_upstream(conn)
 
@@ -255,13 +258,13 @@ class Forwarding:
             # every stream): nothing reached the client, so one retry on a fresh connection is safe.
             self._retried = True
             self._ctx.stats.retries += 1
-            self._task = self._loop.create_task(self._connect_and_send(fresh=True))
+            self._task = self._spawn(self._connect_and_send(fresh=True))
             return
         # The child accepted the connection and died without answering: treat as a stale route.
         lease = self._lease
         if lease is not None:
             self._ctx.pool.drop_port(lease.port)
-        self._task = self._loop.create_task(self._reroute_after_death())
+        self._task = self._spawn(self._reroute_after_death())
 
     async def _reroute_after_death(self) -> None:
         lease = self._lease

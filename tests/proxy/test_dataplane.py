@@ -293,3 +293,22 @@ async def test_lemond_style_api_v1_prefix_is_accepted(rig: Rig) -> None:
     assert json.loads(resp.body)["head"].startswith("POST /v1/chat/completions HTTP/1.1")
     models = await roundtrip(rig.proxy_port, "GET", "/api/v1/models")
     assert models.status == 200 and json.loads(models.body)["data"][0]["id"] == "m"
+
+
+class BrokenRouter(StaticRouter):
+    """A router with a bug: the proxy must answer 500 and stay up, not hang the client."""
+
+    def acquire_now(self, request: Classified) -> Lease | None:
+        return None
+
+    async def acquire(self, request: Classified) -> Lease:
+        raise RuntimeError("boom")
+
+
+async def test_an_internal_bug_costs_one_request_a_500(rig: Rig) -> None:
+    rig.ctx.router = BrokenRouter({"m": rig.child_port})
+    resp = await asyncio.wait_for(roundtrip(rig.proxy_port, "POST", "/v1/chat/completions", body(mode="json")), 5)
+    assert resp.status == 500
+    assert json.loads(resp.body)["error"]["code"] == "system.internal"
+    rig.ctx.router = StaticRouter({"m": rig.child_port})
+    assert (await roundtrip(rig.proxy_port, "POST", "/v1/chat/completions", body(mode="json"))).status == 200
