@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -56,7 +56,7 @@ def raise_nofile_preexec() -> None:
 class Proc:
     """A started process (its own session, so its whole group can be ended by its id)."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, *, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
@@ -66,7 +66,7 @@ class Proc:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             preexec_fn=raise_nofile_preexec,
             start_new_session=True,
         )
@@ -121,10 +121,12 @@ def wait_ready(proc: Proc, port: int, model: str, timeout: float = 30.0) -> None
     raise RuntimeError(f"{proc.name} not ready on :{port} after {timeout}s ({last})\n{proc.log_tail()}")
 
 
-def start_fake_child(name: str, log_dir: Path, *, tokens_per_second: float = 0.0) -> tuple[Proc, int]:
+def start_fake_child(
+    name: str, log_dir: Path, *, tokens_per_second: float = 0.0, extra: Sequence[str] = ()
+) -> tuple[Proc, int]:
     port = free_port()
     argv = [sys.executable, "-m", "hal0proxy.emulator.fake_llama_server", "--port", str(port)]
-    argv += ["--alias", name, "--tokens-per-second", str(tokens_per_second)]
+    argv += ["--alias", name, "--tokens-per-second", str(tokens_per_second), *extra]
     proc = Proc(name, argv, log_dir)
     try:
         wait_ready(proc, port, name)

@@ -29,6 +29,9 @@ class Profile:
     #: concurrent open streams for the RSS measurement, spread over this many child processes
     hold_streams: int
     hold_children: int
+    #: real llama-server section: fixed non-streaming request count and tokens per request
+    real_requests: int = 400
+    real_max_tokens: int = 4
 
 
 PROFILES = {
@@ -63,6 +66,7 @@ PROFILES = {
         stamp_max_tokens=1_000_000,
         hold_streams=1_000,
         hold_children=1,
+        real_requests=200,
     ),
     # A self-check of the harness (tests/test_bench_smoke.py): fixed counts, so every number
     # can be checked against what was asked for.
@@ -81,5 +85,6 @@ PROFILES = {
         stamp_max_tokens=20,
         hold_streams=40,
         hold_children=2,
+        real_requests=40,
     ),
 }

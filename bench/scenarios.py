@@ -15,7 +15,7 @@ import psutil
 from bench.procs import REPO, Proc, raise_nofile_preexec, run_loadgen, start_fake_child, start_proxy
 from bench.profiles import Profile
 
-__all__ = ["Target", "hold_streams", "latency", "stream_delay", "stream_throughput"]
+__all__ = ["Target", "hold_streams", "latency", "real_latency", "stream_delay", "stream_throughput"]
 
 Result = dict[str, object]
 
@@ -52,6 +52,26 @@ def latency(targets: list[Target], profile: Profile, *, paced: bool) -> dict[str
         if paced:
             argv += ["--rate", str(profile.paced_rate)]
         result = _measure(target, argv, timeout=60 + 2 * profile.duration)
+        ok = int(result["ok"])  # type: ignore[call-overload]
+        if target.relay is not None and ok:
+            result["relay_cpu_us_per_req"] = float(result["relay_cpu_s"]) / ok * 1e6  # type: ignore[arg-type]
+        out[target.name] = result
+    return out
+
+
+def real_latency(targets: list[Target], profile: Profile, model: str) -> dict[str, Result]:
+    """Non-streaming requests to a real llama-server: a fixed count from 4 connections, few tokens.
+
+    Inference dominates here (milliseconds, not microseconds), so this shows what a relay adds
+    next to a real child rather than the relay's own capacity. A short unrecorded run first
+    warms the prompt cache and every connection path.
+    """
+    out: dict[str, Result] = {}
+    for target in targets:
+        argv = ["latency", "--port", str(target.ports[model]), "--model", model, "--conns", "4"]
+        argv += ["--max-tokens", str(profile.real_max_tokens), "--duration", "0", "--warmup", "0"]
+        run_loadgen([*argv, "--requests", "16"], timeout=120)
+        result = _measure(target, [*argv, "--requests", str(profile.real_requests)], timeout=300)
         ok = int(result["ok"])  # type: ignore[call-overload]
         if target.relay is not None and ok:
             result["relay_cpu_us_per_req"] = float(result["relay_cpu_s"]) / ok * 1e6  # type: ignore[arg-type]
