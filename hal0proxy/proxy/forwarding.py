@@ -165,29 +165,11 @@ class Forwarding:
                     return
                 except ConnectFailed as exc:
                     # The route is stale (child gone or moved): re-resolve instead of answering 502.
-                    pool.drop_port(lease.port)
-                    self._release_lease()
-                    self._ctx.stats.reroutes += 1
-                    new_lease: Lease | None = None
-                    if reroutes < _MAX_REROUTES:
-                        try:
-                            new_lease = await self._ctx.router.reroute(lease)
-                        except ProxyError as err:
-                            self._task = None
-                            self._fail(err)
-                            return
-                    if new_lease is None:
-                        self._task = None
-                        self._fail(
-                            ProxyError(
-                                502,
-                                "dispatch.upstream_unavailable",
-                                "the model server is not reachable",
-                                {"slot": lease.slot, "port": lease.port, "error": str(exc)},
-                            )
-                        )
+                    found = await self._reroute(
+                        "the model server is not reachable", {"error": str(exc)}, ask=reroutes < _MAX_REROUTES
+                    )
+                    if not found:
                         return
-                    self._lease = new_lease
                     reroutes += 1
                     fresh = False
                     continue
@@ -261,29 +243,39 @@ class Forwarding:
             self._task = self._spawn(self._connect_and_send(fresh=True))
             return
         # The child accepted the connection and died without answering: treat as a stale route.
-        lease = self._lease
-        if lease is not None:
-            self._ctx.pool.drop_port(lease.port)
         self._task = self._spawn(self._reroute_after_death())
 
     async def _reroute_after_death(self) -> None:
+        if await self._reroute("the model server closed the connection"):
+            self._retried = True
+            await self._connect_and_send(fresh=True)
+
+    async def _reroute(self, message: str, details: dict[str, str] | None = None, *, ask: bool = True) -> bool:
+        """The child is not where the lease said: forget its pooled connections, release the
+        lease and ask the router where the model is now. True with a fresh lease in place;
+        False once the client has been answered (502 when there is nowhere to go)."""
         lease = self._lease
+        if lease is None:
+            self._task = None
+            return False
+        self._ctx.pool.drop_port(lease.port)
         self._release_lease()
-        new_lease = None
-        if lease is not None:
+        self._ctx.stats.reroutes += 1
+        new_lease: Lease | None = None
+        if ask:
             try:
                 new_lease = await self._ctx.router.reroute(lease)
             except ProxyError as err:
                 self._task = None
                 self._fail(err)
-                return
+                return False
         if new_lease is None:
             self._task = None
-            self._fail(ProxyError(502, "dispatch.upstream_unavailable", "the model server closed the connection"))
-            return
+            where = {"slot": lease.slot, "port": lease.port, **(details or {})}
+            self._fail(ProxyError(502, "dispatch.upstream_unavailable", message, where))
+            return False
         self._lease = new_lease
-        self._retried = True
-        await self._connect_and_send(fresh=True)
+        return True
 
     def _on_first_byte_timeout(self) -> None:
         self._timer = None
