@@ -42,13 +42,7 @@ def start_llama_direct(log_dir: Path) -> tuple[Proc, int]:
     port = free_port()
     argv = [str(binary), "-m", str(tiny_model_path()), "--alias", MODEL, "--host", "127.0.0.1"]
     argv += ["--port", str(port), *CHILD_FLAGS]
-    proc = Proc("llamacpp-direct", argv, log_dir)
-    try:
-        wait_ready(proc, port, MODEL, timeout=START_TIMEOUT)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return _start_ready("llamacpp-direct", argv, port, log_dir)
 
 
 def start_llama_router(log_dir: Path) -> tuple[Proc, int]:
@@ -67,9 +61,14 @@ def start_llama_router(log_dir: Path) -> tuple[Proc, int]:
     port = free_port()
     argv = [str(binary), "--models-dir", str(models), "--models-max", "1", "--host", "127.0.0.1"]
     argv += ["--port", str(port), *CHILD_FLAGS]
-    proc = Proc("llamacpp-router", argv, log_dir)
+    # the first request loads the model (spawns the child); ready means that is done
+    return _start_ready("llamacpp-router", argv, port, log_dir)
+
+
+def _start_ready(name: str, argv: list[str], port: int, log_dir: Path) -> tuple[Proc, int]:
+    """Start ``argv`` and return once it answers for ``MODEL``; never leave it behind on failure."""
+    proc = Proc(name, argv, log_dir)
     try:
-        # the first request loads the model (spawns the child); ready means that is done
         wait_ready(proc, port, MODEL, timeout=START_TIMEOUT)
     except BaseException:
         proc.stop()
