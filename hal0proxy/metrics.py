@@ -127,6 +127,18 @@ class _StateCollector:
             ("streams_interrupted", "Responses the child cut short", stats.streams_interrupted, CounterMetricFamily),
             ("streamed_chunks", "Chunks relayed from children", stats.chunks_relayed, CounterMetricFamily),
             (
+                "connections_refused",
+                "Client connections refused past the connection cap",
+                stats.connections_refused,
+                CounterMetricFamily,
+            ),
+            (
+                "upstream_bad_responses",
+                "Child responses refused as invalid HTTP (answered 502)",
+                stats.upstream_bad_responses,
+                CounterMetricFamily,
+            ),
+            (
                 "websocket_connected",
                 "1 while the lemond log WebSocket is connected",
                 int(adapter.ws_connected),

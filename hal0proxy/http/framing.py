@@ -5,26 +5,46 @@ scanner only walks them to learn (a) when the body ended, so the upstream connec
 reused, and (b) whether the stream sits between two chunks, so an interrupted SSE stream can
 be closed with a well-formed error event. It copies nothing but a partial chunk-size line
 (a few bytes) when one straddles two reads.
+
+The chunked scanner is strict (RFC 9112 §7.1): a chunk size is 1 to 16 hex digits (no sign,
+no ``0x``, no ``_`` — ``int(x, 16)`` alone would take all three), every line ends with CRLF,
+the chunk data is followed by exactly CRLF, and the size line (extensions included) and the
+trailer section are bounded. The same scanner validates chunked request bodies, so a client
+and a child are held to the same rules.
 """
 
 from __future__ import annotations
 
-_SIZE, _DATA, _DATA_CRLF, _TRAILER, _DONE = range(5)
-_MAX_SIZE_LINE = 4096
+import re
+from typing import Final
+
+from hal0proxy.http.problems import RemoteProblem
+
+_SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER, _DONE = range(6)
+# A size line is a few bytes in practice; extensions are unused by every client and child we
+# know. 4 KiB keeps a 100 KB "extension" from being buffered while leaving room for any real one.
+MAX_CHUNK_LINE_BYTES: Final = 4096
+MAX_TRAILER_BYTES: Final = 16 * 1024
+_HEX_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_BAD_EXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class FramingError(Exception):
+class FramingError(RemoteProblem):
     """The peer sent bytes that are not valid HTTP/1.1 chunked framing."""
 
 
 class ChunkedScanner:
-    __slots__ = ("_line", "_remaining", "_state", "chunks")
+    __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "chunks", "payload")
 
-    def __init__(self) -> None:
+    def __init__(self, collect_payload: bool = False) -> None:
         self._state = _SIZE
         self._remaining = 0
         self._line = b""
+        self._trailer_bytes = 0
         self.chunks = 0  # complete data chunks seen: a cheap count for metrics, no per-chunk call
+        # With ``collect_payload`` the chunk data fed is also gathered here (de-chunking for an
+        # HTTP/1.0 client); the relay's hot path leaves it None and copies nothing.
+        self.payload: list[bytes] | None = [] if collect_payload else None
 
     @property
     def done(self) -> bool:
@@ -35,60 +55,100 @@ class ChunkedScanner:
         """True when everything relayed so far ends exactly after a complete chunk."""
         return self._state == _SIZE and not self._line
 
+    def take_payload(self) -> bytes:
+        """The chunk data gathered since the last call (``collect_payload`` mode)."""
+        pieces = self.payload
+        if not pieces:
+            return b""
+        self.payload = []
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
     def feed(self, data: bytes) -> int:
-        """Consume ``data``; return how many bytes belong to this body (< len(data) if it ended)."""
+        """Consume ``data``; return how many bytes belong to this body (< len(data) if it ended).
+
+        Raises ``FramingError`` at the first byte that breaks the framing.
+        """
         pos = 0
         end = len(data)
         while pos < end:
             state = self._state
             if state == _DATA:
-                take = min(self._remaining, end - pos)
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = _DATA_CRLF
-                    self._remaining = 2
-            elif state == _DATA_CRLF:
-                take = min(self._remaining, end - pos)
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
+                remaining = self._remaining
+                available = end - pos
+                if self.payload is not None and remaining:
+                    self.payload.append(data[pos : pos + min(remaining, available)])
+                if available >= remaining + 2:
+                    # The rest of the chunk and its CRLF are both here (the common case): one check.
+                    pos += remaining
+                    if data[pos : pos + 2] != b"\r\n":
+                        raise FramingError("chunk data not followed by CRLF")
+                    pos += 2
+                    self._remaining = 0
                     self._state = _SIZE
                     self.chunks += 1
+                elif available > remaining:
+                    pos += remaining
+                    self._remaining = 0
+                    self._state = _DATA_CR
+                else:
+                    self._remaining = remaining - available
+                    return end
+            elif state == _DATA_CR:
+                if data[pos] != 13:
+                    raise FramingError("chunk data not followed by CRLF")
+                pos += 1
+                self._state = _DATA_LF
+            elif state == _DATA_LF:
+                if data[pos] != 10:
+                    raise FramingError("chunk data not followed by CRLF")
+                pos += 1
+                self._state = _SIZE
+                self.chunks += 1
             elif state == _SIZE or state == _TRAILER:
-                nl = data.find(b"\n", pos)
+                room = MAX_CHUNK_LINE_BYTES - len(self._line)
+                nl = data.find(b"\n", pos, pos + room + 1)
                 if nl < 0:
+                    if end - pos > room:
+                        raise FramingError(f"chunk line longer than {MAX_CHUNK_LINE_BYTES} bytes")
                     self._line += data[pos:]
-                    if len(self._line) > _MAX_SIZE_LINE:
-                        raise FramingError("chunk size line too long")
                     return end
                 line = self._line + data[pos:nl] if self._line else data[pos:nl]
                 self._line = b""
                 pos = nl + 1
+                if line[-1:] != b"\r":
+                    raise FramingError("chunk line not terminated by CRLF")
+                line = line[:-1]
                 if state == _SIZE:
-                    size = _parse_size(line)
+                    size = parse_chunk_size(line)
                     if size == 0:
                         self._state = _TRAILER
                     else:
                         self._state = _DATA
                         self._remaining = size
-                elif line.rstrip(b"\r") == b"":
+                elif not line:
                     self._state = _DONE
                     return pos
+                else:
+                    self._trailer_bytes += len(line) + 2
+                    if self._trailer_bytes > MAX_TRAILER_BYTES:
+                        raise FramingError(f"trailer section larger than {MAX_TRAILER_BYTES} bytes")
+                    if _BAD_EXT.search(line) is not None or b":" not in line:
+                        raise FramingError("malformed trailer field")
             else:  # _DONE: anything after the terminating chunk is not part of this body
                 return pos
         return pos
 
 
-def _parse_size(line: bytes) -> int:
-    raw = line.split(b";", 1)[0].strip()
-    try:
-        size = int(raw, 16)
-    except ValueError:
-        raise FramingError(f"invalid chunk size {raw[:20]!r}") from None
-    if size < 0:
-        raise FramingError("negative chunk size")
-    return size
+def parse_chunk_size(line: bytes) -> int:
+    """The size of a chunk-size line without its CRLF (``1a;name=value`` -> 26)."""
+    semi = line.find(b";")
+    if semi >= 0:
+        if _BAD_EXT.search(line, semi) is not None:
+            raise FramingError("control character in chunk extension")
+        line = line[:semi].rstrip(b" \t")  # BWS before ";" (RFC 9112 §7.1.1)
+    if _HEX_SIZE.fullmatch(line) is None:
+        raise FramingError(f"invalid chunk size {line[:20]!r}")
+    return int(line, 16)
 
 
 class LengthScanner:

@@ -7,6 +7,13 @@ returns ``SLOW`` and the connection hands the bytes to h11, which stays the auth
 every edge case (chunked bodies, HTTP/1.0, 100-continue, and the precise 4xx for malformed
 input). Requests are re-framed towards the child with their own Content-Length, so a head
 this parser accepts cannot smuggle a second request to the child.
+
+Before a head goes to h11, ``check_slow_head`` holds it to the rules where h11 (like most
+servers) is lenient and a front end could disagree with us about where a request ends
+(RFC 9112 §6.1, §6.3, §11.2): Content-Length together with Transfer-Encoding, any coding but
+one ``chunked``, obs-fold, bare LF line ends, repeated Content-Length, and versions other than
+HTTP/1.0 and HTTP/1.1 (the HTTP/2 preface included). Such a request is answered with a 4xx
+and its connection closed; it never reaches a child.
 """
 
 from __future__ import annotations
@@ -14,12 +21,18 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from hal0proxy.http.problems import BadRequest
+
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.1\Z")
 _FIELD_NAME = re.compile(_TOKEN + rb"\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_ANY_REQUEST_LINE = re.compile(rb"([^\x00-\x20\x7f]+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
 # Heads with any of these need h11's full treatment.
 _SLOW_FIELDS: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+
+_FRAMING_FIELDS: Final = frozenset({b"transfer-encoding", b"content-length"})
 
 NEED_MORE: Final = 0
 SLOW: Final = 1
@@ -49,6 +62,9 @@ def parse_request_head(buf: bytes) -> FastHead | int:
     """``FastHead`` for a complete simple head, ``NEED_MORE`` or ``SLOW``."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
+        if b"\n\n" in buf or b"\n\r\n" in buf:
+            # A head ended by bare LFs: answer now rather than wait for a CRLFCRLF that never comes.
+            raise BadRequest("request head lines must end with CRLF, not a bare LF")
         return NEED_MORE
     lines = buf[:end].split(b"\r\n")
     match = _REQUEST_LINE.match(lines[0])
@@ -69,6 +85,8 @@ def parse_request_head(buf: bytes) -> FastHead | int:
         name = name.lower()
         if name in _SLOW_FIELDS:
             return SLOW
+        if b"_" in name and name.replace(b"_", b"-") in _FRAMING_FIELDS:
+            return SLOW  # "transfer_encoding": some servers read it as the real thing
         if name == b"content-length":
             if seen_length or not value.isdigit() or len(value) > 18:
                 return SLOW
@@ -82,3 +100,69 @@ def parse_request_head(buf: bytes) -> FastHead | int:
     if hosts != 1:
         return SLOW
     return FastHead(match.group(1), match.group(2), headers, content_length, keep_alive, end + 4)
+
+
+def check_slow_head(head: bytes) -> bool:
+    """Reject what is ambiguous in a complete head (without its final CRLFCRLF).
+
+    Returns True when the body is chunked. Raises ``BadRequest`` (status hint 400, 501 for an
+    unknown transfer coding, 505 for an unsupported version).
+    """
+    while head.startswith(b"\r\n"):  # RFC 9112 §2.2: empty lines before the request line
+        head = head[2:]
+    if head.count(b"\n") != head.count(b"\r\n"):
+        raise BadRequest("request head lines must end with CRLF, not a bare LF")
+    lines = head.split(b"\r\n")
+    match = _ANY_REQUEST_LINE.fullmatch(lines[0])
+    if match is None:
+        raise BadRequest("malformed request line")
+    if _FIELD_NAME.match(match.group(1)) is None:
+        raise BadRequest("malformed request method")
+    major, minor = match.group(3), match.group(4)
+    if major != b"1" or minor not in (b"0", b"1"):
+        raise BadRequest(
+            f"HTTP/{major.decode()}.{minor.decode()} is not supported; use HTTP/1.1",
+            status_hint=505,
+            code="request.http_version",
+        )
+    lengths = 0
+    codings: list[bytes] | None = None
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise BadRequest("obsolete line folding (obs-fold) is not accepted in request headers")
+        name, sep, value = line.partition(b":")
+        if not sep or _FIELD_NAME.match(name) is None:
+            raise BadRequest(f"malformed header line {line[:60]!r}")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value) is not None:
+            raise BadRequest(f"control character in header {name[:40]!r}")
+        name = name.lower()
+        if b"_" in name and name.replace(b"_", b"-") in _FRAMING_FIELDS:
+            # Servers that map "_" to "-" would frame by this header and we would not.
+            raise BadRequest(f"header {name.decode('latin-1')!r} is refused: it imitates a framing header")
+        if name == b"content-length":
+            lengths += 1
+            if lengths > 1 or _DIGITS.fullmatch(value) is None:
+                raise BadRequest("Content-Length must be one decimal number, given once")
+        elif name == b"transfer-encoding":
+            if codings is not None:
+                raise BadRequest("Transfer-Encoding must be given once")
+            codings = [t.strip(b" \t").lower() for t in value.split(b",")]
+    if codings is None:
+        return False
+    if lengths:
+        # RFC 9112 §6.1: a server MAY reject this outright; forwarding it lets two parsers
+        # disagree about where the request ends (the CL.TE / TE.CL smuggling forms).
+        raise BadRequest("a request must not carry both Content-Length and Transfer-Encoding")
+    if minor == b"0":
+        raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request")
+    if codings != [b"chunked"]:
+        # "chunked" must be applied once and last (RFC 9112 §6.1); an unknown coding is 501.
+        if b"chunked" not in codings and all(_FIELD_NAME.fullmatch(c) for c in codings):
+            raise BadRequest(
+                f"unsupported transfer coding {b', '.join(codings).decode('latin-1')!r}; only chunked",
+                status_hint=501,
+                code="request.unsupported_transfer_coding",
+            )
+        raise BadRequest("malformed Transfer-Encoding")
+    return True

@@ -22,6 +22,8 @@ class DataPlaneStats:
     reroutes: int = 0
     streams_interrupted: int = 0
     chunks_relayed: int = 0
+    connections_refused: int = 0  # past the connection cap (503 and close)
+    upstream_bad_responses: int = 0  # child responses refused as invalid HTTP (502)
 
 
 # (slot, status, seconds, time to first byte) once per answered request

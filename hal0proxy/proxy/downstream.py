@@ -4,6 +4,14 @@
 the server role for everything else) and enforces keep-alive and pipelining rules.
 Responses are not serialised through h11: a forwarded response is the child's head (minus
 hop-by-hop headers) followed by the child's body bytes, written as the objects received.
+
+Flow control towards a client that sends faster than it reads: requests answered by the
+proxy itself (``/v1/models``, errors) stop being taken while the client's write buffer is
+above its high-water mark, pipelined input waiting to be parsed is bounded (reading pauses
+past ``pipeline_buffer_bytes``), and at most ``_BURST_REQUESTS`` pipelined requests are
+answered per turn of the loop, so one burst cannot stall every other connection.
+Past ``max_connections`` open connections a new client gets ``503 proxy.overloaded`` with
+``Retry-After`` and is closed, counted and logged (at most once a second).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from hal0proxy.http.errors import ProxyError, error_response, json_response, rea
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, encode_chunk
 from hal0proxy.http.headers import date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
+from hal0proxy.http.problems import BadResponse
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.forwarding import Forwarding
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
@@ -29,10 +38,17 @@ log = logging.getLogger("hal0proxy.proxy")
 
 # Probes and scrapes are not traffic: counting them would drown the request rate of quiet slots.
 _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+# Pipelined requests answered in one turn of the loop before yielding to other connections.
+# /v1/models costs ~30 µs: 32 of them keep one turn near 1 ms (a 20,000-request burst answered
+# in one go stalled every other client for ~0.5 s).
+_BURST_REQUESTS = 32
+_REFUSAL_LOG_INTERVAL_S = 1.0
+_last_refusal_log = 0.0
 
 
 class ClientConnection(Forwarding, asyncio.Protocol):
-    __slots__ = ()  # the layout is declared once, in Forwarding
+    # The forwarding layout is declared once, in Forwarding; these are the connection's own.
+    __slots__ = ("_burst_handle", "_refused")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self._ctx = ctx
@@ -51,6 +67,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._can_write: asyncio.Event | None = None
+        self._refused = False  # accepted past the connection cap: answered 503 and closing
+        self._burst_handle: asyncio.Handle | None = None
 
     def _busy_reset(self) -> None:
         self._upstream: UpstreamConnection | None = None
@@ -81,6 +99,9 @@ class ClientConnection(Forwarding, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         settings = self._ctx.settings
+        if self._ctx.stats.connections_open >= settings.max_connections:
+            self._refuse(settings.max_connections)
+            return
         self._transport.set_write_buffer_limits(high=settings.write_high_water, low=settings.write_low_water)
         peer = transport.get_extra_info("peername")
         self._peer_host = peer[0] if isinstance(peer, tuple) else None
@@ -90,6 +111,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._arm(settings.keepalive_timeout_s, self._on_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         self._reader.feed(data)
         if self._req is None and not self._reading_request:
             self._reading_request = True
@@ -102,9 +125,12 @@ class ClientConnection(Forwarding, asyncio.Protocol):
                 assert self._transport is not None
                 self._transport.pause_reading()
             return
+        self._update_reading()
         self._process_events()
 
     def eof_received(self) -> bool | None:
+        if self._refused:
+            return None
         self._reader.feed_eof()
         if self._req is None:
             self._process_events()  # a request may have been completed by this EOF
@@ -113,6 +139,11 @@ class ClientConnection(Forwarding, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._refused:
+            return
+        if self._burst_handle is not None:
+            self._burst_handle.cancel()
+            self._burst_handle = None
         self._ctx.stats.connections_open -= 1
         self._ctx.connections.discard(self)
         self._cancel_timer()
@@ -141,6 +172,10 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._upstream.resume_reading()
         if self._can_write is not None:
             self._can_write.set()
+        if self._req is None and not self._closed and not self._refused:
+            # The client caught up with the answers already written: take its next requests.
+            self._update_reading()
+            self._process_events()
 
     # ------------------------------------------------------------------ request parsing
     def _process_events(self) -> None:
@@ -157,7 +192,18 @@ class ClientConnection(Forwarding, asyncio.Protocol):
 
     def _process_loop(self) -> None:
         reader = self._reader
+        budget = _BURST_REQUESTS
         while not self._closed:
+            if self._write_paused:
+                # The client is not reading its answers: take no more requests until it does
+                # (resume_writing restarts this loop); pipelined input stays bounded meanwhile.
+                self._update_reading()
+                return
+            if budget == 0:
+                if self._burst_handle is None:
+                    self._burst_handle = self._loop.call_soon(self._continue_burst)
+                self._update_reading()
+                return
             try:
                 req = reader.next_request()
             except ProxyError as err:
@@ -170,7 +216,9 @@ class ClientConnection(Forwarding, asyncio.Protocol):
                 reader.send_continue = False
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req is None:
+                self._update_reading()
                 return
+            budget -= 1
             self._req = req
             self._keep_alive = reader.keep_alive
             self._reading_request = False
@@ -178,6 +226,44 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._dispatch()
             if self._req is not None:
                 return  # answered asynchronously; _response_done resumes parsing
+
+    def _continue_burst(self) -> None:
+        self._burst_handle = None
+        if self._req is None and not self._closed:
+            self._process_events()
+
+    def _update_reading(self) -> None:
+        """Pause reading from a client whose input piles up; resume once it is worked off."""
+        limit = self._ctx.settings.pipeline_buffer_bytes
+        hold = (
+            self._reader.buffered_bytes > limit
+            or (self._req is not None and self._buffered > limit)
+            or (self._req is None and self._write_paused)
+        )
+        if hold != self._paused_reading and self._transport is not None and not self._closed:
+            self._paused_reading = hold
+            if hold:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+
+    def _refuse(self, cap: int) -> None:
+        global _last_refusal_log
+        self._refused = True
+        self._closed = True
+        self._ctx.stats.connections_refused += 1
+        now = time.monotonic()
+        if now - _last_refusal_log >= _REFUSAL_LOG_INTERVAL_S:
+            _last_refusal_log = now
+            log.warning(
+                "connection cap reached (%d open): refusing new clients with 503 (%d refused so far)",
+                cap,
+                self._ctx.stats.connections_refused,
+            )
+        err = ProxyError(503, "proxy.overloaded", f"too many open connections (limit {cap})", retry_after_s=1)
+        assert self._transport is not None
+        self._transport.write(error_response(err, keep_alive=False))
+        self._transport.close()
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self) -> None:
@@ -240,19 +326,27 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._status = response.status
+        # An HTTP/1.0 client does not know chunked coding (RFC 9112 §6.1): it gets the body
+        # delimited by the close of the connection instead.
+        plain = self.wants_plain_body()
         head = [b"HTTP/1.1 %d %s\r\n" % (response.status, reason_phrase(response.status)), date_header()]
         head += [name + b": " + value + b"\r\n" for name, value in response.headers]
-        head.append(b"transfer-encoding: chunked\r\n\r\n")
+        if plain:
+            self._keep_alive = False
+            head.append(b"connection: close\r\n\r\n")
+        else:
+            head.append(b"transfer-encoding: chunked\r\n\r\n")
         self._write(b"".join(head))
         try:
             async for piece in response.body:
                 if self._closed:
                     break
-                self._write(encode_chunk(piece))
+                self._write(piece if plain else encode_chunk(piece))
                 if self._write_paused:
                     await self._can_write.wait()
             else:
-                self._write(LAST_CHUNK)
+                if not plain:
+                    self._write(LAST_CHUNK)
         finally:
             if response.on_close is not None:
                 response.on_close()
@@ -260,6 +354,21 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._task = None
         if not self._closed:
             self._response_done()
+
+    # ------------------------------------------------------------------ Exchange additions
+    def on_bad_response(self, problem: BadResponse) -> None:
+        """The child broke HTTP (its connection is already dropped): 502, or cut the response."""
+        self._upstream = None
+        self._ctx.stats.upstream_bad_responses += 1
+        log.warning("invalid response from the model server: %s", problem.message)
+        if self._head_sent:
+            self.on_lost()  # part of the response is out: end it the way a dead child ends it
+            return
+        self._fail(ProxyError(502, problem.code, problem.message))
+
+    def wants_plain_body(self) -> bool:
+        req = self._req
+        return req is not None and req.http_version == b"1.0"
 
     # ------------------------------------------------------------------ completion
     def _send_error(self, err: ProxyError) -> None:
@@ -295,10 +404,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._close()
             return
         self._buffered = 0
-        if self._paused_reading:
-            self._paused_reading = False
-            assert self._transport is not None
-            self._transport.resume_reading()
+        self._update_reading()
         self._arm(self._ctx.settings.keepalive_timeout_s, self._on_idle_timeout)
         self._process_events()
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
 from hal0proxy.http.messages import HttpRequest
+from hal0proxy.http.problems import BadResponse
 from hal0proxy.proxy.classify import Classified, classify
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, ResponseHead, UpstreamConnection
@@ -111,6 +112,12 @@ class Forwarding:
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         raise NotImplementedError
+
+    def on_bad_response(self, problem: BadResponse) -> None:
+        raise NotImplementedError  # an Exchange callback, answered by the connection (502)
+
+    def wants_plain_body(self) -> bool:
+        raise NotImplementedError  # an Exchange query: de-chunk the body for an HTTP/1.0 client
 
     # -- forwarding --------------------------------------------------------------------------
 

@@ -1,8 +1,14 @@
 """Client bytes in, complete requests out (no I/O).
 
 Simple heads (see ``http.request_head``) are parsed by the fast parser; any other head is
-handed to h11 in the server role together with everything buffered after it, and h11 stays
-in charge until that request's cycle ends. Body and header limits are enforced for both.
+first held to the strict rules of ``check_slow_head`` (ambiguous framing is refused, never
+forwarded) and then handed to h11 in the server role together with everything buffered after
+it, and h11 stays in charge until that request's cycle ends. A chunked body is walked by the
+strict ``ChunkedScanner`` as well, so chunk lines and extensions are bounded and malformed
+framing is refused whatever h11 would tolerate. Body and header limits are enforced for both.
+
+Bodies are collected as a list of the pieces received and joined once (a Content-Length body
+rebuilt with ``+`` on every read costs time quadratic in its size: seconds for 60 MB).
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import h11
 
 from hal0proxy.http.errors import ProxyError
+from hal0proxy.http.framing import ChunkedScanner, FramingError
 from hal0proxy.http.headers import connection_tokens
 from hal0proxy.http.messages import HttpRequest
-from hal0proxy.http.request_head import NEED_MORE, SLOW, FastHead, parse_request_head
+from hal0proxy.http.problems import BadRequest
+from hal0proxy.http.request_head import NEED_MORE, SLOW, FastHead, check_slow_head, parse_request_head
 
 _FAKE_RESPONSE = h11.Response(status_code=200, headers=[(b"content-length", b"0")])
 _FAKE_END = h11.EndOfMessage()
@@ -23,6 +31,8 @@ class RequestReader:
         "_body",
         "_body_len",
         "_buf",
+        "_chunk_check",
+        "_chunk_error",
         "_eof",
         "_h11",
         "_head",
@@ -43,8 +53,10 @@ class RequestReader:
         self._h11: h11.Connection | None = None  # set only while a non-simple request is read
         self._head: FastHead | None = None
         self._req: HttpRequest | None = None
-        self._body: list[bytes] = []
+        self._body: list[bytes] = []  # pieces of the body being read (fast path and h11 path)
         self._body_len = 0
+        self._chunk_check: ChunkedScanner | None = None  # walks a chunked body alongside h11
+        self._chunk_error: ProxyError | None = None
         self.keep_alive = True
         self.send_continue = False  # the caller must write "100 Continue" now
 
@@ -53,11 +65,22 @@ class RequestReader:
         """No byte of a next request has arrived yet."""
         if self._h11 is not None:
             return self._h11.their_state is h11.IDLE and not self._h11.trailing_data[0]
-        return not self._buf
+        return not self._buf and self._head is None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet part of a request being read (pipelined input)."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> None:
         if self._h11 is not None:
+            check = self._chunk_check
+            if check is not None and self._chunk_error is None:
+                self._check_chunks(check, data)
             self._h11.receive_data(data)
+        elif self._head is not None:
+            self._body.append(data)  # a Content-Length body: collected, joined once
+            self._body_len += len(data)
         else:
             self._buf = self._buf + data if self._buf else data
 
@@ -71,36 +94,72 @@ class RequestReader:
 
         Raises ``ProxyError`` for input that must be answered with a 4xx and a close.
         """
-        if self._h11 is None:
-            head = self._head
-            if head is None:
+        if self._h11 is not None:
+            return self._next_from_h11()
+        head = self._head
+        if head is None:
+            try:
                 parsed = parse_request_head(self._buf)
-                if parsed is NEED_MORE:
-                    if len(self._buf) > self._max_header:
-                        raise _too_large_head()
-                    return None
-                if parsed is SLOW:
-                    self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header)
-                    self._h11.receive_data(self._buf)
-                    if self._eof:
-                        self._h11.receive_data(b"")
-                    self._buf = b""
-                    return self._next_from_h11()
-                assert isinstance(parsed, FastHead)
-                if parsed.body_start > self._max_header:
+            except BadRequest as problem:
+                raise _proxy_error(problem) from None
+            if parsed is NEED_MORE:
+                if len(self._buf) > self._max_header:
                     raise _too_large_head()
-                if parsed.content_length > self._max_body:
-                    raise self._too_large_body()
-                head = self._head = parsed
-            end = head.body_start + head.content_length
-            if len(self._buf) < end:
                 return None
-            body = self._buf[head.body_start : end] if head.content_length else b""
-            self._buf = self._buf[end:]
-            self._head = None
-            self.keep_alive = head.keep_alive
-            return self._request(head.method, head.target, head.headers, b"1.1", body)
+            if parsed is SLOW:
+                return self._start_h11()
+            assert isinstance(parsed, FastHead)
+            if parsed.body_start > self._max_header:
+                raise _too_large_head()
+            if parsed.content_length > self._max_body:
+                raise self._too_large_body()
+            end = parsed.body_start + parsed.content_length
+            if len(self._buf) >= end:  # the whole request is here (the common case): slice it
+                body = self._buf[parsed.body_start : end] if parsed.content_length else b""
+                self._buf = self._buf[end:]
+                self.keep_alive = parsed.keep_alive
+                return self._request(parsed.method, parsed.target, parsed.headers, b"1.1", body)
+            head = self._head = parsed
+            first = self._buf[parsed.body_start :]
+            self._body = [first] if first else []
+            self._body_len = len(first)
+            self._buf = b""
+        if self._body_len < head.content_length:
+            return None
+        joined = b"".join(self._body)
+        self._body = []
+        self._body_len = 0
+        self._head = None
+        body, self._buf = joined[: head.content_length], joined[head.content_length :]
+        self.keep_alive = head.keep_alive
+        return self._request(head.method, head.target, head.headers, b"1.1", body)
+
+    def _start_h11(self) -> HttpRequest | None:
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        try:
+            chunked = check_slow_head(buf[:end])
+        except BadRequest as problem:
+            raise _proxy_error(problem) from None
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header)
+        self._chunk_error = None
+        self._chunk_check = None
+        if chunked:
+            self._chunk_check = ChunkedScanner()
+            self._check_chunks(self._chunk_check, buf[end + 4 :])
+        self._h11.receive_data(buf)
+        if self._eof:
+            self._h11.receive_data(b"")
+        self._buf = b""
         return self._next_from_h11()
+
+    def _check_chunks(self, check: ChunkedScanner, data: bytes) -> None:
+        if check.done or not data:
+            return  # bytes past the last chunk belong to the next request
+        try:
+            check.feed(data)
+        except FramingError as exc:
+            self._chunk_error = ProxyError(400, "request.invalid_http", f"malformed chunked body: {exc.message}")
 
     def response_sent(self) -> bool:
         """Advance to the next request cycle; False when the connection must close."""
@@ -115,6 +174,7 @@ class RequestReader:
         if not self.keep_alive or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
+        self._chunk_check = None
         # Back to the fast parser with whatever was pipelined behind this request.
         self._buf, closed = conn.trailing_data
         self._eof = self._eof or closed
@@ -125,6 +185,8 @@ class RequestReader:
     def _next_from_h11(self) -> HttpRequest | None:
         conn = self._h11
         assert conn is not None
+        if self._chunk_error is not None:
+            raise self._chunk_error
         while True:
             try:
                 event = conn.next_event()
@@ -188,6 +250,10 @@ class RequestReader:
 
 class ConnectionClosed(Exception):
     """The client closed its side cleanly between requests."""
+
+
+def _proxy_error(problem: BadRequest) -> ProxyError:
+    return ProxyError(problem.status_hint, problem.code, problem.message)
 
 
 def _too_large_head() -> ProxyError:

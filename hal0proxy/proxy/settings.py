@@ -15,6 +15,10 @@ class ProxySettings:
     upstream_first_byte_timeout_s: float = 600.0  # long prefills are silent on older llama-server builds
     write_high_water: int = 256 * 1024  # client write buffer above which the child is paused
     write_low_water: int = 64 * 1024
-    pipeline_buffer_bytes: int = 256 * 1024  # read-ahead from a client while a request is in flight
+    pipeline_buffer_bytes: int = 256 * 1024  # unparsed input from one client before reading pauses
+    # Open client connections past which a new one is answered 503 proxy.overloaded and closed.
+    # Each forwarded request holds two descriptors (client and child): the composition root
+    # raises RLIMIT_NOFILE to fit, or lowers this cap to what the limit allows.
+    max_connections: int = 4096
     forward_conversation_id: bool = False  # X-Conversation-Id switches llama-server into detached generation
     api_keys: tuple[str, ...] = ()  # optional bearer keys for /v1/*

@@ -1,8 +1,9 @@
 """Upstream side of the data plane: one Protocol per child connection, pooled per port.
 
-The response head is parsed here (a small RFC 9112 status-line/header parser: h11 would
-take ownership of, and copy, every body byte), and the body is handed to the exchange as the
-very ``bytes`` objects the transport delivered. Idle connections are watched: the moment the
+The response head is read by ``http.response_reader`` (strict RFC 9112; h11 would take
+ownership of, and copy, every body byte), and the body is handed to the exchange as the very
+``bytes`` objects the transport delivered. A child that breaks the protocol is reported to
+the exchange (502) and its connection is dropped, never pooled again. Idle connections are watched: the moment the
 peer closes one (llama-server closes after every streamed response) it leaves the pool.
 """
 
@@ -11,15 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol, cast
 
-from hal0proxy.http.framing import (
-    BodyScanner,
-    ChunkedScanner,
-    FramingError,
-    LengthScanner,
-    UntilCloseScanner,
-)
+from hal0proxy.http.framing import BodyScanner, ChunkedScanner, FramingError, UntilCloseScanner
+from hal0proxy.http.problems import BadResponse
+from hal0proxy.http.response_reader import ResponseHead, ResponseReader
 
-MAX_HEAD_BYTES = 64 * 1024
+__all__ = ["ConnectFailed", "ConnectTimeout", "Exchange", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
 
 
 class ConnectFailed(Exception):
@@ -30,26 +27,6 @@ class ConnectTimeout(Exception):
     """The child did not accept the connection within the connect timeout."""
 
 
-class ResponseHead:
-    __slots__ = ("chunked", "headers", "keep_alive", "reason", "status", "version")
-
-    def __init__(
-        self,
-        status: int,
-        reason: bytes,
-        version: bytes,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        chunked: bool,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.chunked = chunked
-
-
 class Exchange(Protocol):
     """What an upstream connection reports to the request it is serving."""
 
@@ -58,60 +35,15 @@ class Exchange(Protocol):
     def on_end(self) -> None: ...
     def on_lost(self) -> None: ...
     def on_failed_before_response(self, reused: bool) -> None: ...
-
-
-def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodyScanner]:
-    lines = head.split(b"\r\n")
-    status_line = lines[0].split(b" ", 2)
-    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
-        raise FramingError(f"bad status line {lines[0][:80]!r}")
-    version = status_line[0][5:]
-    try:
-        status = int(status_line[1])
-    except ValueError:
-        raise FramingError("bad status code") from None
-    reason = status_line[2] if len(status_line) > 2 else b""
-    headers: list[tuple[bytes, bytes]] = []
-    content_length: int | None = None
-    chunked = False
-    conn_tokens: set[bytes] = set()
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-            raise FramingError(f"bad header line {line[:80]!r}")
-        name = name.lower()
-        value = value.strip()
-        headers.append((name, value))
-        if name == b"content-length":
-            try:
-                content_length = int(value)
-            except ValueError:
-                raise FramingError("bad content-length") from None
-        elif name == b"transfer-encoding":
-            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-        elif name == b"connection":
-            conn_tokens.update(t.strip().lower() for t in value.split(b","))
-    keep_alive = b"close" not in conn_tokens if version == b"1.1" else b"keep-alive" in conn_tokens
-    scanner: BodyScanner
-    if method_is_head or status in (204, 304) or 100 <= status < 200:
-        scanner = LengthScanner(0)
-    elif chunked:
-        scanner = ChunkedScanner()
-    elif content_length is not None:
-        scanner = LengthScanner(content_length)
-    else:
-        scanner = UntilCloseScanner()
-        keep_alive = False
-    return ResponseHead(status, reason, version, headers, keep_alive, chunked), scanner
+    def on_bad_response(self, problem: BadResponse) -> None: ...
+    def wants_plain_body(self) -> bool: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_head_buf",
-        "_is_head",
+        "_plain",
         "_pool",
+        "_reader",
         "closed",
         "exchange",
         "keep_alive",
@@ -128,8 +60,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.scanner: BodyScanner | None = None
-        self._head_buf = b""
-        self._is_head = False
+        self._reader: ResponseReader | None = None
+        self._plain = False  # de-chunk this response's body (the client speaks HTTP/1.0)
         self.keep_alive = True
         self.closed = False
         self.reading_paused = False
@@ -140,8 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.exchange = exchange
         self.scanner = None
-        self._head_buf = b""
-        self._is_head = method_is_head
+        self._reader = ResponseReader(method_is_head)
         self.requests += 1
         self.transport.write(data)
 
@@ -175,53 +106,53 @@ class UpstreamConnection(asyncio.Protocol):
             return
         scanner = self.scanner
         if scanner is None:
-            buf = self._head_buf + data if self._head_buf else data
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    self._fail_framing()
-                    return
-                self._head_buf = buf
-                return
-            self._head_buf = b""
+            reader = self._reader
+            assert reader is not None
             try:
-                head, scanner = parse_head(buf[:end], self._is_head)
-            except FramingError:
-                self._fail_framing()
+                complete = reader.feed(data)
+            except BadResponse as problem:
+                self._reject(problem)
                 return
-            if 100 <= head.status < 200 and head.status != 101:
-                # Interim response (e.g. 100 Continue): not relayed; wait for the real head.
-                rest = buf[end + 4 :]
-                if rest:
-                    self.data_received(rest)
+            if complete is None:
                 return
+            head, scanner, rest = complete
+            self._reader = None
+            self._plain = head.chunked and exchange.wants_plain_body()
+            if self._plain:
+                # An HTTP/1.0 client cannot read chunked coding: relay the chunk data only, as a
+                # body delimited by the close of the client connection (cold path: it copies).
+                scanner = ChunkedScanner(collect_payload=True)
+                head = ResponseHead(head.status, head.reason, head.version, head.headers, head.keep_alive, False)
             self.scanner = scanner
             self.keep_alive = head.keep_alive
             # Hand the head over together with the body bytes of the same read, so the
             # client gets both in one vectored write (most JSON answers fit in one read).
-            rest = buf[end + 4 :]
             first = rest
             if rest:
                 try:
                     used = scanner.feed(rest)
-                except FramingError:
-                    self._fail_framing()
+                except FramingError as exc:
+                    self._reject(BadResponse(f"the model server sent invalid chunked framing: {exc.message}"))
                     return
                 if used < len(rest):
                     first = rest[:used]
                     self.keep_alive = False  # trailing garbage after the body
+                if self._plain:
+                    first = scanner.take_payload()  # type: ignore[union-attr]
             exchange.on_head(head, first)
             if self.exchange is exchange and scanner.done:
                 self._finish()
             return
         try:
             used = scanner.feed(data)
-        except FramingError:
-            self.keep_alive = False
-            self.abort()
-            exchange.on_lost()
+        except FramingError as exc:
+            self._reject(BadResponse(f"the model server sent invalid chunked framing: {exc.message}"))
             return
-        if used:
+        if self._plain:
+            payload = scanner.take_payload()  # type: ignore[union-attr]
+            if payload:
+                exchange.on_body(payload)
+        elif used:
             exchange.on_body(data if used == len(data) else data[:used])
         if scanner.done and self.exchange is exchange:
             if used < len(data):
@@ -239,7 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.exchange = None
         scanner = self.scanner
-        if scanner is None and not self._head_buf:
+        if scanner is None and (self._reader is None or not self._reader.started):
             exchange.on_failed_before_response(self.requests > 1)
         elif isinstance(scanner, UntilCloseScanner):
             exchange.on_end()
@@ -262,11 +193,14 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is not None:
             exchange.on_end()
 
-    def _fail_framing(self) -> None:
+    def _reject(self, problem: BadResponse) -> None:
+        # The child broke the protocol: this connection is desynchronised and must never be
+        # reused; the exchange answers 502 (or cuts a response already under way).
         exchange = self.exchange
+        self.keep_alive = False
         self.abort()
         if exchange is not None:
-            exchange.on_lost()
+            exchange.on_bad_response(problem)
 
 
 class UpstreamPool:

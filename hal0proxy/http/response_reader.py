@@ -1,0 +1,170 @@
+"""A child's response head and framing, validated as strictly as a client's request (no I/O).
+
+The children are local processes the proxy forwards to, but "local" is not "correct": a
+broken or hostile child could otherwise make the proxy relay a head that splits into two
+responses at a lenient client (a bare LF or a NUL in a header value), disagree with the
+client about where a body ends (two Content-Lengths, Content-Length with Transfer-Encoding,
+``-5``, ``1_0``) or leave a desynchronised connection in the pool. Everything here follows
+RFC 9112 with no leniency; anything else raises ``BadResponse`` and the caller answers
+``502 dispatch.upstream_unavailable`` and closes that child connection for good.
+
+``ResponseReader`` is fed bytes until it returns a final head: interim 1xx responses
+(100 Continue, 102, 103 Early Hints) are skipped, a 101 is refused (the proxy never asks to
+switch protocols: it strips Upgrade), and the head must fit in ``max_head_bytes``. The body is
+left to the scanner it returns (``http.framing``), which walks the relayed bytes without
+copying them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from hal0proxy.http.framing import BodyScanner, ChunkedScanner, LengthScanner, UntilCloseScanner
+from hal0proxy.http.problems import BadResponse
+
+__all__ = ["DEFAULT_MAX_HEAD_BYTES", "MAX_INTERIM_RESPONSES", "ResponseHead", "ResponseReader", "parse_head"]
+
+# The same bound as a request head: llama-server's heads are ~200 bytes.
+DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
+# More interim responses than this before a final one is a child spinning, not informing.
+MAX_INTERIM_RESPONSES: Final = 8
+_MAX_LENGTH_DIGITS: Final = 18  # below 2**63: no integer a peer can make overflow anything
+
+# status-line = HTTP-version SP status-code SP [ reason-phrase ]   (RFC 9112 §4)
+# The SP before an empty reason is optional here: several servers omit it and it is harmless.
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB, NUL included
+_DIGITS = re.compile(rb"[0-9]{1,%d}" % _MAX_LENGTH_DIGITS)
+
+
+class ResponseHead:
+    __slots__ = ("chunked", "headers", "keep_alive", "reason", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        chunked: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers  # names lower-cased, values without surrounding whitespace
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+
+
+def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodyScanner]:
+    """Validate one response head (without its final CRLFCRLF) and choose its body framing.
+
+    Raises ``BadResponse`` naming the first rule the head breaks.
+    """
+    if head.count(b"\n") != head.count(b"\r\n"):
+        raise BadResponse("the model server sent a bare LF in its response head")
+    lines = head.split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(lines[0])
+    if match is None:
+        raise BadResponse(f"the model server sent an invalid status line {lines[0][:80]!r}")
+    version = b"1." + match.group(1)
+    status = int(match.group(2))
+    reason = match.group(3) or b""
+    headers: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    transfer_encoding: list[bytes] = []
+    conn_tokens: set[bytes] = set()
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or _FIELD_NAME.fullmatch(name) is None:
+            # Covers obs-fold (a line starting with whitespace), whitespace before the colon and
+            # lines without a colon: each one a classic response-splitting vector (RFC 9112 §5).
+            raise BadResponse(f"the model server sent an invalid header line {line[:80]!r}")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value) is not None:
+            raise BadResponse(f"the model server sent a control character in header {name[:40]!r}")
+        name = name.lower()
+        headers.append((name, value))
+        if name == b"content-length":
+            for item in value.split(b","):
+                item = item.strip(b" \t")
+                if _DIGITS.fullmatch(item) is None:
+                    raise BadResponse(f"the model server sent an invalid Content-Length {value[:40]!r}")
+                if length is not None and int(item) != int(length):
+                    raise BadResponse("the model server sent two different Content-Length values")
+                length = item
+        elif name == b"transfer-encoding":
+            transfer_encoding += [t.strip(b" \t").lower() for t in value.split(b",")]
+        elif name == b"connection":
+            conn_tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
+    chunked = False
+    if transfer_encoding:
+        # RFC 9112 §6.3: both headers may be a smuggling attempt and "ought to be handled as an
+        # error"; a coding other than one "chunked" cannot be relayed verbatim either.
+        if length is not None:
+            raise BadResponse("the model server sent both Content-Length and Transfer-Encoding")
+        if transfer_encoding != [b"chunked"] or version == b"1.0":
+            raise BadResponse(f"the model server sent an unsupported Transfer-Encoding {transfer_encoding!r}")
+        chunked = True
+    keep_alive = b"close" not in conn_tokens if version == b"1.1" else b"keep-alive" in conn_tokens
+    scanner: BodyScanner
+    if method_is_head or status in (204, 304) or status < 200:
+        scanner = LengthScanner(0)
+    elif chunked:
+        scanner = ChunkedScanner()
+    elif length is not None:
+        scanner = LengthScanner(int(length))
+    else:
+        scanner = UntilCloseScanner()
+        keep_alive = False
+    return ResponseHead(status, reason, version, headers, keep_alive, chunked), scanner
+
+
+class ResponseReader:
+    """Bytes in until the final response head; then the head, its scanner and the rest.
+
+    One reader per request sent on a connection. ``feed`` returns ``None`` until the final
+    head is complete; then ``(head, scanner, rest)`` where ``rest`` is the bytes after the
+    head in the last read (body bytes, untouched).
+    """
+
+    __slots__ = ("_buf", "_interim", "_max_head", "_method_is_head")
+
+    def __init__(self, method_is_head: bool, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
+        self._method_is_head = method_is_head
+        self._max_head = max_head_bytes
+        self._buf = b""
+        self._interim = 0
+
+    @property
+    def started(self) -> bool:
+        """Some bytes of a response have arrived (the child did answer)."""
+        return bool(self._buf) or self._interim > 0
+
+    def feed(self, data: bytes) -> tuple[ResponseHead, BodyScanner, bytes] | None:
+        """Raises ``BadResponse`` for any head that breaks RFC 9112 or the size bound."""
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(b"\r\n\r\n", 0, self._max_head + 4)
+            if end < 0:
+                if len(buf) > self._max_head:
+                    raise BadResponse(f"the model server sent a response head larger than {self._max_head} bytes")
+                if b"\n\n" in buf:
+                    raise BadResponse("the model server sent a bare LF in its response head")
+                self._buf = buf
+                return None
+            head, scanner = parse_head(buf[:end], self._method_is_head)
+            rest = buf[end + 4 :]
+            if head.status >= 200:
+                self._buf = b""
+                return head, scanner, rest
+            if head.status == 101:
+                raise BadResponse("the model server switched protocols although no upgrade was asked for")
+            # Interim response (RFC 9110 §15.2): not relayed; the final head follows.
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                raise BadResponse(f"the model server sent more than {MAX_INTERIM_RESPONSES} interim responses")
+            buf = rest
