@@ -158,7 +158,8 @@ def check_slow_head(head: bytes) -> bool:
         raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request")
     if codings != [b"chunked"]:
         # "chunked" must be applied once and last (RFC 9112 §6.1); an unknown coding is 501.
-        if b"chunked" not in codings and all(_FIELD_NAME.fullmatch(c) for c in codings):
+        chunked_once_last = codings.count(b"chunked") == (1 if codings[-1] == b"chunked" else 0)
+        if chunked_once_last and all(_FIELD_NAME.fullmatch(c) for c in codings):
             raise BadRequest(
                 f"unsupported transfer coding {b', '.join(codings).decode('latin-1')!r}; only chunked",
                 status_hint=501,

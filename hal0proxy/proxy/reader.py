@@ -98,6 +98,8 @@ class RequestReader:
             return self._next_from_h11()
         head = self._head
         if head is None:
+            while self._buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
+                self._buf = self._buf[2:]
             try:
                 parsed = parse_request_head(self._buf)
             except BadRequest as problem:
