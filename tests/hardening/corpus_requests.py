@@ -84,7 +84,13 @@ def _smuggling() -> list[Case]:
     unsupported = "request.unsupported_transfer_coding"
     for name, value in (("gzip_chunked", "gzip, chunked"), ("unknown", "xchunked"), ("identity", "identity")):
         cases.append(
-            Case(f"smuggle_te_{name}", head("Host: t", f"Transfer-Encoding: {value}") + chunked(CHAT), 501, unsupported, True)
+            Case(
+                f"smuggle_te_{name}",
+                head("Host: t", f"Transfer-Encoding: {value}") + chunked(CHAT),
+                501,
+                unsupported,
+                True,
+            )
         )
     lengths = [
         ("cl_twice_same", ["Content-Length: 5", "Content-Length: 5"]),
@@ -99,7 +105,9 @@ def _smuggling() -> list[Case]:
         ("cl_underscore_name", ["Content_Length: 5", f"Content-Length: {len(CHAT)}"]),
         ("cl_space_before_colon", [f"Content-Length : {len(CHAT)}"]),
     ]
-    cases += [Case(f"smuggle_{name}", head("Host: t", *lines) + CHAT + HIDDEN, 400, bad, True) for name, lines in lengths]
+    cases += [
+        Case(f"smuggle_{name}", head("Host: t", *lines) + CHAT + HIDDEN, 400, bad, True) for name, lines in lengths
+    ]
     return cases
 
 
@@ -198,7 +206,14 @@ def _heads() -> list[Case]:
             method=b"GET",
         ),
         Case("http10_closes", b"GET /v1/models HTTP/1.0\r\n\r\n", 200, None, True, method=b"GET"),
-        Case("absolute_form_target", head("Host: t", start="GET http://t/v1/x HTTP/1.1"), 404, "resource.not_found", False, method=b"GET"),
+        Case(
+            "absolute_form_target",
+            head("Host: t", start="GET http://t/v1/x HTTP/1.1"),
+            404,
+            "resource.not_found",
+            False,
+            method=b"GET",
+        ),
         Case("leading_empty_line", b"\r\n" + head("Host: t", start=get), 200, None, False, method=b"GET"),
     ]
     return cases
@@ -211,14 +226,32 @@ def _limits() -> list[Case]:
         Case("limit_cl_over", head("Host: t", f"Content-Length: {big}"), 413, too_large, True),
         Case(
             "limit_chunked_over",
-            head("Host: t", "Transfer-Encoding: chunked") + chunk(b"a" * 600_000) + chunk(b"a" * 600_000) + b"0\r\n\r\n",
+            head("Host: t", "Transfer-Encoding: chunked")
+            + chunk(b"a" * 600_000)
+            + chunk(b"a" * 600_000)
+            + b"0\r\n\r\n",
             413,
             too_large,
             True,
         ),
-        Case("limit_expect_over", head("Host: t", "Expect: 100-continue", f"Content-Length: {big}"), 413, too_large, True),
-        Case("limit_expect_ok", head("Host: t", "Expect: 100-continue", f"Content-Length: {len(CHAT)}") + CHAT, 200, None, False, child=1),
-        Case("limit_body_at_limit_not_json", head("Host: t", f"Content-Length: {BODY_LIMIT}") + b" " * BODY_LIMIT, 400, "request.invalid_json", False),
+        Case(
+            "limit_expect_over", head("Host: t", "Expect: 100-continue", f"Content-Length: {big}"), 413, too_large, True
+        ),
+        Case(
+            "limit_expect_ok",
+            head("Host: t", "Expect: 100-continue", f"Content-Length: {len(CHAT)}") + CHAT,
+            200,
+            None,
+            False,
+            child=1,
+        ),
+        Case(
+            "limit_body_at_limit_not_json",
+            head("Host: t", f"Content-Length: {BODY_LIMIT}") + b" " * BODY_LIMIT,
+            400,
+            "request.invalid_json",
+            False,
+        ),
     ]
 
 
@@ -226,7 +259,15 @@ def _bodies() -> list[Case]:
     invalid = "request.invalid_json"
 
     def post(body: bytes, path: str = "/v1/chat/completions") -> bytes:
-        return head("Host: t", "Content-Type: application/json", f"Content-Length: {len(body)}", start=f"POST {path} HTTP/1.1") + body
+        return (
+            head(
+                "Host: t",
+                "Content-Type: application/json",
+                f"Content-Length: {len(body)}",
+                start=f"POST {path} HTTP/1.1",
+            )
+            + body
+        )
 
     return [
         Case("json_invalid", post(b'{"model":'), 400, invalid, False),
@@ -250,11 +291,41 @@ def _bodies() -> list[Case]:
 def _methods() -> list[Case]:
     return [
         Case("method_head_models", head("Host: t", start="HEAD /v1/models HTTP/1.1"), 200, None, False, method=b"HEAD"),
-        Case("method_trace", head("Host: t", start="TRACE / HTTP/1.1"), 404, "resource.not_found", False, method=b"TRACE"),
-        Case("method_options_star", head("Host: t", start="OPTIONS * HTTP/1.1"), 404, "resource.not_found", False, method=b"OPTIONS"),
-        Case("method_unknown_on_models", head("Host: t", start="FOO /v1/models/x HTTP/1.1"), 400, "request.missing_model", False, method=b"FOO"),
-        Case("path_models_unknown", head("Host: t", start="GET /v1/models/..%2f..%2fetc HTTP/1.1"), 404, "model.not_found", False, method=b"GET"),
-        Case("path_unknown", head("Host: t", start="GET /etc/passwd HTTP/1.1"), 404, "resource.not_found", False, method=b"GET"),
+        Case(
+            "method_trace", head("Host: t", start="TRACE / HTTP/1.1"), 404, "resource.not_found", False, method=b"TRACE"
+        ),
+        Case(
+            "method_options_star",
+            head("Host: t", start="OPTIONS * HTTP/1.1"),
+            404,
+            "resource.not_found",
+            False,
+            method=b"OPTIONS",
+        ),
+        Case(
+            "method_unknown_on_models",
+            head("Host: t", start="FOO /v1/models/x HTTP/1.1"),
+            400,
+            "request.missing_model",
+            False,
+            method=b"FOO",
+        ),
+        Case(
+            "path_models_unknown",
+            head("Host: t", start="GET /v1/models/..%2f..%2fetc HTTP/1.1"),
+            404,
+            "model.not_found",
+            False,
+            method=b"GET",
+        ),
+        Case(
+            "path_unknown",
+            head("Host: t", start="GET /etc/passwd HTTP/1.1"),
+            404,
+            "resource.not_found",
+            False,
+            method=b"GET",
+        ),
         Case(
             "upgrade_websocket_ignored",
             head("Host: t", "Connection: Upgrade", "Upgrade: websocket", start="GET /v1/models HTTP/1.1"),
@@ -265,7 +336,13 @@ def _methods() -> list[Case]:
         ),
         Case(
             "upgrade_h2c_ignored",
-            head("Host: t", "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAAP__", start="GET /v1/models HTTP/1.1"),
+            head(
+                "Host: t",
+                "Connection: Upgrade, HTTP2-Settings",
+                "Upgrade: h2c",
+                "HTTP2-Settings: AAMAAABkAAQAAP__",
+                start="GET /v1/models HTTP/1.1",
+            ),
             200,
             None,
             False,

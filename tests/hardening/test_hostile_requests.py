@@ -15,7 +15,7 @@ import pytest
 
 from tests.hardening.children import ScriptedChild
 from tests.hardening.corpus_requests import CASES, CHAT, Case
-from tests.hardening.wire import Conn, one_shot, request
+from tests.hardening.wire import one_shot, request
 from tests.support.proxy import ProxyProcess, start_proxy
 
 CONFIG = """
