@@ -36,7 +36,8 @@ class Script:
 
     data: bytes
     keep_open: bool = True  # keep reading requests on this connection afterwards
-    pause_s: float = 0.0  # wait this long after ``data`` before closing (if not keep_open)
+    pause_s: float = 0.0  # wait this long after ``data`` (before ``later``, or before closing)
+    later: bytes = b""  # sent after the pause: makes a second read at the proxy certain
 
 
 def _json_ok(n: int) -> bytes:
@@ -129,9 +130,11 @@ class ScriptedChild:
                     continue
                 script = self.scripts[name]
                 sock.sendall(script.data)
+                if script.pause_s:
+                    threading.Event().wait(script.pause_s)
+                if script.later:
+                    sock.sendall(script.later)
                 if not script.keep_open:
-                    if script.pause_s:
-                        threading.Event().wait(script.pause_s)
                     return
         except OSError:
             return
