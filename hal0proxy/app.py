@@ -8,11 +8,13 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 
 from hal0proxy.api.admin import AdminApi
 from hal0proxy.config import Config, ConfigError, SlotConfig, load_config
@@ -26,6 +28,35 @@ from hal0proxy.proxy.routing import Router, StaticRouter
 from hal0proxy.proxy.server import install_event_loop_policy, start_listener
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
+from hal0proxy.reload import plan_reload
+
+log = logging.getLogger("hal0proxy")
+
+# Descriptors kept free beyond two per client connection (client + child): the listener,
+# lemond's HTTP and WebSocket connections, log files, and room for the children's pools.
+_FD_RESERVE = 64
+
+
+def fit_connection_cap(cap: int) -> int:
+    """Raise RLIMIT_NOFILE so ``cap`` connections fit; if it cannot, lower the cap instead.
+
+    Past the descriptor limit accept() fails and a client only sees a reset, with nothing
+    logged; a cap below the limit turns that into a counted, logged 503.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * cap + _FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        fitted = max(1, (soft - _FD_RESERVE) // 2)
+        log.warning("descriptor limit %d fits %d client connections, not %d: capping there", soft, fitted, cap)
+        return fitted
+    return cap
 
 
 def settings_from(config: Config) -> ProxySettings:
@@ -37,16 +68,20 @@ def settings_from(config: Config) -> ProxySettings:
         keepalive_timeout_s=limits.keepalive_timeout_s,
         upstream_connect_timeout_s=limits.upstream_connect_timeout_s,
         upstream_first_byte_timeout_s=limits.upstream_first_byte_timeout_s,
+        pipeline_buffer_bytes=limits.pipeline_buffer_bytes,
+        max_connections=fit_connection_cap(limits.max_connections),
         forward_conversation_id=config.forward_conversation_id,
         api_keys=config.api_keys,
     )
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(on_reload: Callable[[], None] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
     await stop.wait()
 
 
@@ -105,17 +140,38 @@ class Proxy:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def stop(self, grace_s: float = 30.0) -> None:
-        """Phased shutdown: stop accepting, let in-flight responses finish (bounded), then
-        close client connections, stop the control plane and drop idle child connections."""
+    def reload(self, loaded: Config) -> None:
+        """SIGHUP: apply what can change while running; name what needs a restart."""
+        plan = plan_reload(self.config, loaded)
+        self.config = plan.config
+        self.ctx.settings = settings_from(plan.config)
+        self.ctx.pool.connect_timeout_s = self.ctx.settings.upstream_connect_timeout_s
+        if self.controller is not None:
+            self.controller.config = plan.config
+            for cfg in plan.config.slots:
+                slot = self.controller.registry.get(cfg.name)
+                if slot is not None and slot.config != cfg:
+                    slot.config = cfg
+        log.info("configuration reloaded; applied: %s", ", ".join(plan.applied) or "nothing changed")
+        if plan.needs_restart:
+            log.warning("configuration reload: these changes need a restart: %s", ", ".join(plan.needs_restart))
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Phased shutdown: stop accepting; end event subscriptions (final event); let responses
+        in flight finish within the grace; then end the rest (a final stream-interrupted event
+        where the stream allows it), stop the control plane and drop idle child connections."""
+        grace = self.config.limits.shutdown_grace_s if grace_s is None else grace_s
         if self.server is not None:
             self.server.close()
         self.ctx.draining = True
         for conn in list(self.ctx.connections):
             conn.close_when_idle()
-        deadline = time.monotonic() + grace_s
+        deadline = time.monotonic() + grace
         while any(c.busy for c in self.ctx.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        for conn in list(self.ctx.connections):
+            conn.end_now()
+        await asyncio.sleep(0)  # let cancelled event streams write their final event
         for conn in list(self.ctx.connections):
             conn.close_when_idle()
         if self.controller is not None:
@@ -123,14 +179,28 @@ class Proxy:
         self.ctx.pool.close()
 
 
-async def serve(config: Config, static_routes: dict[str, int] | None = None) -> None:
+async def serve(
+    config: Config,
+    static_routes: dict[str, int] | None = None,
+    reload_config: Callable[[], Config] | None = None,
+) -> None:
     proxy = Proxy(config, static_routes)
     await proxy.start()
     host, _ = config.listen
     target = f"static routes {static_routes}" if static_routes else f"lemond at {config.lemond_url}"
     print(f"hal0proxy listening on http://{host}:{proxy.port} in front of {target}", flush=True)
+
+    def on_reload() -> None:
+        assert reload_config is not None
+        try:
+            loaded = reload_config()
+        except ConfigError as exc:
+            log.error("configuration reload refused, the running configuration stays:\n%s", exc)
+            return
+        proxy.reload(loaded)
+
     try:
-        await _wait_for_signal()
+        await _wait_for_signal(on_reload if reload_config is not None else None)
     finally:
         await proxy.stop()
 
@@ -157,7 +227,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"hal0proxy: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     install_event_loop_policy()
-    asyncio.run(serve(config, dict(args.static_route) or None))
+    reload_config = (lambda: _config_from_args(args)) if args.config else None
+    asyncio.run(serve(config, dict(args.static_route) or None, reload_config))
     return 0
 
 

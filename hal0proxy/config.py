@@ -66,6 +66,9 @@ class LimitsConfig:
     keepalive_timeout_s: float = 75.0
     upstream_connect_timeout_s: float = 5.0
     upstream_first_byte_timeout_s: float = 600.0
+    max_connections: int = 4096  # open client connections; past it: 503 proxy.overloaded
+    pipeline_buffer_bytes: int = 256 * 1024  # unparsed input from one client before reading pauses
+    shutdown_grace_s: float = 30.0  # SIGTERM: how long responses in flight may take to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,9 @@ _LIMITS = {
     "keepalive_timeout_s": (_Number, _positive),
     "upstream_connect_timeout_s": (_Number, _positive),
     "upstream_first_byte_timeout_s": (_Number, _positive),
+    "max_connections": ((int,), _positive),
+    "pipeline_buffer_bytes": ((int,), _positive),
+    "shutdown_grace_s": (_Number, _non_negative),
 }
 _POLICY = {
     "cold_start": ((str,), _one_of(COLD_START_MODES)),

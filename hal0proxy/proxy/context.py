@@ -40,6 +40,8 @@ class Drainable(Protocol):
 
     def close_when_idle(self) -> None: ...
 
+    def end_now(self) -> None: ...
+
 
 @dataclass(slots=True)
 class ProxyContext:

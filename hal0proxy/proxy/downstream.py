@@ -43,12 +43,18 @@ _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # in one go stalled every other client for ~0.5 s).
 _BURST_REQUESTS = 32
 _REFUSAL_LOG_INTERVAL_S = 1.0
+# What an interrupted stream and an events subscriber receive when shutdown ends them.
+_SHUTDOWN_EVENT = encode_chunk(
+    b'data: {"error":{"message":"the proxy is shutting down","type":"upstream_error",'
+    b'"code":"upstream.stream_interrupted"}}\n\n'
+)
+_FINAL_LOCAL_EVENT = b'event: shutdown\ndata: {"type":"shutdown","reason":"the proxy is shutting down"}\n\n'
 _last_refusal_log = 0.0
 
 
 class ClientConnection(Forwarding, asyncio.Protocol):
     # The forwarding layout is declared once, in Forwarding; these are the connection's own.
-    __slots__ = ("_burst_handle", "_refused")
+    __slots__ = ("_burst_handle", "_ending", "_local_stream", "_refused")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self._ctx = ctx
@@ -69,6 +75,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._can_write: asyncio.Event | None = None
         self._refused = False  # accepted past the connection cap: answered 503 and closing
         self._burst_handle: asyncio.Handle | None = None
+        self._local_stream = False  # answering with a local event stream (never ends by itself)
+        self._ending = False  # shutdown's last phase is ending this connection
 
     def _busy_reset(self) -> None:
         self._upstream: UpstreamConnection | None = None
@@ -91,9 +99,52 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         return self._req is not None or self._reading_request
 
     def close_when_idle(self) -> None:
-        """Shutdown: close now if idle; otherwise ``_response_done`` closes after this response."""
+        """Shutdown: close now if idle; otherwise ``_response_done`` closes after this response.
+
+        A local event stream never finishes by itself, so waiting for it would only hold the
+        shutdown for its whole grace: it is ended at once, with its final event.
+        """
         if not self.busy:
             self._close()
+        elif self._local_stream:
+            self.end_now()
+
+    def end_now(self) -> None:
+        """Shutdown, after the grace: end whatever this connection is still doing.
+
+        An event stream between two events gets a final event and a proper end of its chunked
+        body; a response not started yet gets ``503 proxy.shutting_down``; anything else (a
+        body cut mid-event) can only be cut, visibly, by closing the connection.
+        """
+        if self._closed or self._ending:
+            return
+        self._ending = True
+        self._keep_alive = False
+        if self._local_stream:
+            if self._task is not None:
+                self._task.cancel()  # _stream_local writes the final event
+            return
+        if self._req is None:
+            self._close()
+            return
+        upstream = self._upstream
+        if upstream is not None:
+            self._upstream = None
+            upstream.abort()
+        task = self._task
+        if task is not None:
+            self._task = None
+            task.cancel()
+        if not self._head_sent:
+            self._send_error(ProxyError(503, "proxy.shutting_down", "the proxy is shutting down", retry_after_s=1))
+            return
+        scanner = self._scanner
+        if self._resp_sse and self._resp_chunked and scanner is not None and scanner.at_boundary:
+            self._ctx.stats.streams_interrupted += 1
+            self._write(_SHUTDOWN_EVENT + LAST_CHUNK)
+            self._response_done()
+        else:
+            self._abort()
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -337,6 +388,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         else:
             head.append(b"transfer-encoding: chunked\r\n\r\n")
         self._write(b"".join(head))
+        self._local_stream = True
         try:
             async for piece in response.body:
                 if self._closed:
@@ -347,7 +399,13 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             else:
                 if not plain:
                     self._write(LAST_CHUNK)
+        except asyncio.CancelledError:
+            if not self._ending:
+                raise
+            # Shutdown ends the subscription: a final event, then a proper end of the body.
+            self._write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
         finally:
+            self._local_stream = False
             if response.on_close is not None:
                 response.on_close()
             self._can_write = None
