@@ -97,7 +97,7 @@ class ScriptedChild:
             self.connections += 1
             conn_id = self.connections
         sock.settimeout(30)
-        buf = b""
+        buf = bytearray()  # += on bytes would copy a 60 MB body a thousand times
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
@@ -105,7 +105,9 @@ class ScriptedChild:
                     if not data:
                         return
                     buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
+                end = buf.index(b"\r\n\r\n")
+                head = bytes(buf[:end])
+                del buf[: end + 4]
                 length = 0
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
@@ -116,7 +118,8 @@ class ScriptedChild:
                     if not data:
                         return
                     buf += data
-                body, buf = buf[:length], buf[length:]
+                body = bytes(buf[:length])
+                del buf[:length]
                 record = Recorded(conn_id, head, body)
                 with self._lock:
                     self.requests.append(record)
