@@ -17,7 +17,7 @@ import pytest
 
 from tests.hardening.children import ScriptedChild
 from tests.hardening.wire import Conn, request
-from tests.support.emulator import wait_until
+from tests.support.emulator import start_emulator, wait_until
 from tests.support.proxy import ProxyProcess, start_proxy
 
 MB = 1024 * 1024
@@ -224,3 +224,27 @@ def _try_served(port: int) -> bool:
         return conn.read_answer().status == 200
     finally:
         conn.close()
+
+
+def test_refusals_are_counted_in_metrics() -> None:
+    emulator = start_emulator()
+    proxy = start_proxy(emulator.base_url, "[limits]\nmax_connections = 4\n")
+    try:
+        held = [Conn(proxy.port) for _ in range(4)]
+        for conn in held:
+            conn.send(request("GET", "/healthz"))
+            assert conn.read_answer().status == 200
+        for _ in range(2):
+            over = Conn(proxy.port)
+            over.send(MODELS)
+            assert over.read_answer().status == 503
+            over.close()
+        held[0].send(request("GET", "/metrics"))
+        metrics = held[0].read_answer().body.decode()
+        assert "hal0proxy_connections_refused_total 2.0" in metrics
+        assert "hal0proxy_upstream_bad_responses_total 0.0" in metrics
+        for conn in held:
+            conn.close()
+    finally:
+        proxy.stop()
+        emulator.stop()
