@@ -25,7 +25,7 @@ _SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER, _DONE = range(6)
 # know. 4 KiB keeps a 100 KB "extension" from being buffered while leaving room for any real one.
 MAX_CHUNK_LINE_BYTES: Final = 4096
 MAX_TRAILER_BYTES: Final = 16 * 1024
-_HEX_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 _BAD_EXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -146,7 +146,9 @@ def parse_chunk_size(line: bytes) -> int:
         if _BAD_EXT.search(line, semi) is not None:
             raise FramingError("control character in chunk extension")
         line = line[:semi].rstrip(b" \t")  # BWS before ";" (RFC 9112 §7.1.1)
-    if _HEX_SIZE.fullmatch(line) is None:
+    # translate() deletes the hex digits: anything left ("0x", "_", "+", " ") is not a size.
+    # Measured faster than a regex fullmatch, and this runs once per relayed chunk.
+    if not line or len(line) > 16 or line.translate(None, _HEX_DIGITS):
         raise FramingError(f"invalid chunk size {line[:20]!r}")
     return int(line, 16)
 

@@ -67,6 +67,7 @@ def parse_request_head(buf: bytes) -> FastHead | int:
             raise BadRequest("request head lines must end with CRLF, not a bare LF")
         return NEED_MORE
     lines = buf[:end].split(b"\r\n")
+    underscores = buf.find(b"_", 0, end) >= 0  # one scan of the head, not one per header name
     match = _REQUEST_LINE.match(lines[0])
     if match is None:
         return SLOW
@@ -85,7 +86,7 @@ def parse_request_head(buf: bytes) -> FastHead | int:
         name = name.lower()
         if name in _SLOW_FIELDS:
             return SLOW
-        if b"_" in name and name.replace(b"_", b"-") in _FRAMING_FIELDS:
+        if underscores and b"_" in name and name.replace(b"_", b"-") in _FRAMING_FIELDS:
             return SLOW  # "transfer_encoding": some servers read it as the real thing
         if name == b"content-length":
             if seen_length or not value.isdigit() or len(value) > 18:

@@ -36,6 +36,9 @@ _MAX_LENGTH_DIGITS: Final = 18  # below 2**63: no integer a peer can make overfl
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB, NUL included
+# The whole field section in one pass (C speed, once per response): token ":" then a value of
+# visible octets, SP and HTAB only — which also rules out obs-fold, bare CR or LF and NUL.
+_FIELD_SECTION = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % _MAX_LENGTH_DIGITS)
 
 
@@ -64,12 +67,16 @@ def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodySca
 
     Raises ``BadResponse`` naming the first rule the head breaks.
     """
-    if head.count(b"\n") != head.count(b"\r\n"):
-        raise BadResponse("the model server sent a bare LF in its response head")
-    lines = head.split(b"\r\n")
-    match = _STATUS_LINE.fullmatch(lines[0])
+    line_end = head.find(b"\r\n")
+    status_line = head if line_end < 0 else head[:line_end]
+    match = _STATUS_LINE.fullmatch(status_line)
     if match is None:
-        raise BadResponse(f"the model server sent an invalid status line {lines[0][:80]!r}")
+        if b"\n" in status_line:
+            raise BadResponse("the model server sent a bare LF in its response head")
+        raise BadResponse(f"the model server sent an invalid status line {status_line[:80]!r}")
+    lines = head.split(b"\r\n") if line_end >= 0 else [head]
+    if line_end >= 0 and _FIELD_SECTION.fullmatch(head[line_end + 2 :] + b"\r\n") is None:
+        _explain_field_section(lines[1:])
     version = b"1." + match.group(1)
     status = int(match.group(2))
     reason = match.group(3) or b""
@@ -78,17 +85,14 @@ def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodySca
     transfer_encoding: list[bytes] = []
     conn_tokens: set[bytes] = set()
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or _FIELD_NAME.fullmatch(name) is None:
-            # Covers obs-fold (a line starting with whitespace), whitespace before the colon and
-            # lines without a colon: each one a classic response-splitting vector (RFC 9112 §5).
-            raise BadResponse(f"the model server sent an invalid header line {line[:80]!r}")
+        name, _, value = line.partition(b":")
         value = value.strip(b" \t")
-        if _BAD_VALUE.search(value) is not None:
-            raise BadResponse(f"the model server sent a control character in header {name[:40]!r}")
         name = name.lower()
         headers.append((name, value))
         if name == b"content-length":
+            if length is None and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
+                length = value  # the common case, without the list form's parsing
+                continue
             for item in value.split(b","):
                 item = item.strip(b" \t")
                 if _DIGITS.fullmatch(item) is None:
@@ -97,6 +101,9 @@ def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodySca
                     raise BadResponse("the model server sent two different Content-Length values")
                 length = item
         elif name == b"transfer-encoding":
+            if value == b"chunked" and not transfer_encoding:
+                transfer_encoding = [value]  # what every child sends
+                continue
             transfer_encoding += [t.strip(b" \t").lower() for t in value.split(b",")]
         elif name == b"connection":
             conn_tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
@@ -121,6 +128,21 @@ def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodySca
         scanner = UntilCloseScanner()
         keep_alive = False
     return ResponseHead(status, reason, version, headers, keep_alive, chunked), scanner
+
+
+def _explain_field_section(lines: list[bytes]) -> None:
+    """Raise ``BadResponse`` naming the first header line that broke the field syntax."""
+    for line in lines:
+        if b"\n" in line:
+            raise BadResponse("the model server sent a bare LF in its response head")
+        name, sep, value = line.partition(b":")
+        if not sep or _FIELD_NAME.fullmatch(name) is None:
+            # Covers obs-fold (a line starting with whitespace), whitespace before the colon and
+            # lines without a colon: each one a classic response-splitting vector (RFC 9112 §5).
+            raise BadResponse(f"the model server sent an invalid header line {line[:80]!r}")
+        if _BAD_VALUE.search(value.strip(b" \t")) is not None:
+            raise BadResponse(f"the model server sent a control character in header {name[:40]!r}")
+    raise BadResponse("the model server sent an invalid response head")
 
 
 class ResponseReader:
