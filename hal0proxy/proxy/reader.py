@@ -38,7 +38,12 @@ class RequestReader:
         "_head",
         "_max_body",
         "_max_header",
+        "_more",
+        "_more_len",
         "_req",
+        "_tail",
+        "_terminated",
+        "_waiting_head",
         "keep_alive",
         "peer_host",
         "send_continue",
@@ -49,6 +54,14 @@ class RequestReader:
         self._max_body = max_body_bytes
         self.peer_host = peer_host  # known once the connection is made
         self._buf = b""
+        # Reads behind ``_buf`` wait in ``_more``; behind an incomplete head they are joined only
+        # once a head terminator (or a bare LF) may have arrived: a head sent one byte at a time
+        # must cost linear, not quadratic, time.
+        self._waiting_head = False
+        self._more: list[bytes] = []
+        self._more_len = 0
+        self._tail = b""  # the last bytes before the newest read, for a terminator split across reads
+        self._terminated = False
         self._eof = False
         self._h11: h11.Connection | None = None  # set only while a non-simple request is read
         self._head: FastHead | None = None
@@ -65,12 +78,12 @@ class RequestReader:
         """No byte of a next request has arrived yet."""
         if self._h11 is not None:
             return self._h11.their_state is h11.IDLE and not self._h11.trailing_data[0]
-        return not self._buf and self._head is None
+        return not self._buf and not self._more and self._head is None
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes received but not yet part of a request being read (pipelined input)."""
-        return len(self._buf)
+        return len(self._buf) + self._more_len
 
     def feed(self, data: bytes) -> None:
         if self._h11 is not None:
@@ -81,8 +94,18 @@ class RequestReader:
         elif self._head is not None:
             self._body.append(data)  # a Content-Length body: collected, joined once
             self._body_len += len(data)
+        elif not self._buf:
+            self._buf = data
         else:
-            self._buf = self._buf + data if self._buf else data
+            # Behind an incomplete head, or pipelined behind a request in flight: kept as pieces
+            # and joined once when parsed (``+`` here would copy the buffer on every read).
+            self._more.append(data)
+            self._more_len += len(data)
+            if self._waiting_head:
+                window = self._tail + data
+                if b"\r\n\r\n" in window or b"\n\n" in window or b"\n\r\n" in window:
+                    self._terminated = True
+                self._tail = window[-3:]
 
     def feed_eof(self) -> None:
         self._eof = True
@@ -98,6 +121,13 @@ class RequestReader:
             return self._next_from_h11()
         head = self._head
         if head is None:
+            if self._more:
+                if self._waiting_head and not self._terminated and self.buffered_bytes <= self._max_header:
+                    return None  # still no end of head in sight
+                self._buf = b"".join([self._buf, *self._more])
+                self._more = []
+                self._more_len = 0
+                self._terminated = False
             while self._buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
                 self._buf = self._buf[2:]
             try:
@@ -107,7 +137,10 @@ class RequestReader:
             if parsed is NEED_MORE:
                 if len(self._buf) > self._max_header:
                     raise _too_large_head()
+                self._waiting_head = bool(self._buf)
+                self._tail = self._buf[-3:]
                 return None
+            self._waiting_head = False
             if parsed is SLOW:
                 return self._start_h11()
             assert isinstance(parsed, FastHead)
@@ -167,7 +200,7 @@ class RequestReader:
         """Advance to the next request cycle; False when the connection must close."""
         conn = self._h11
         if conn is None:
-            return self.keep_alive and not (self._eof and not self._buf)
+            return self.keep_alive and not (self._eof and not self._buf and not self._more)
         try:
             conn.send(_FAKE_RESPONSE)  # h11 must see a response to leave this cycle
             conn.send(_FAKE_END)
