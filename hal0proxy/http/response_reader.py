@@ -153,22 +153,37 @@ class ResponseReader:
     head in the last read (body bytes, untouched).
     """
 
-    __slots__ = ("_buf", "_interim", "_max_head", "_method_is_head")
+    __slots__ = ("_interim", "_max_head", "_method_is_head", "_pieces", "_size", "_tail")
 
     def __init__(self, method_is_head: bool, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         self._method_is_head = method_is_head
         self._max_head = max_head_bytes
-        self._buf = b""
+        # An incomplete head is kept as the pieces read and joined once its end may be there:
+        # a head trickled a byte at a time costs linear time, not quadratic.
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._tail = b""  # the last bytes already read, for a terminator split across reads
         self._interim = 0
 
     @property
     def started(self) -> bool:
         """Some bytes of a response have arrived (the child did answer)."""
-        return bool(self._buf) or self._interim > 0
+        return bool(self._pieces) or self._interim > 0
 
     def feed(self, data: bytes) -> tuple[ResponseHead, BodyScanner, bytes] | None:
         """Raises ``BadResponse`` for any head that breaks RFC 9112 or the size bound."""
-        buf = self._buf + data if self._buf else data
+        if self._pieces:
+            window = self._tail + data
+            self._pieces.append(data)
+            self._size += len(data)
+            if b"\r\n\r\n" not in window and b"\n\n" not in window and self._size <= self._max_head:
+                self._tail = window[-3:]
+                return None
+            buf = b"".join(self._pieces)
+            self._pieces = []
+            self._size = 0
+        else:
+            buf = data
         while True:
             end = buf.find(b"\r\n\r\n", 0, self._max_head + 4)
             if end < 0:
@@ -176,12 +191,14 @@ class ResponseReader:
                     raise BadResponse(f"the model server sent a response head larger than {self._max_head} bytes")
                 if b"\n\n" in buf:
                     raise BadResponse("the model server sent a bare LF in its response head")
-                self._buf = buf
+                if buf:
+                    self._pieces = [buf]
+                    self._size = len(buf)
+                    self._tail = buf[-3:]
                 return None
             head, scanner = parse_head(buf[:end], self._method_is_head)
             rest = buf[end + 4 :]
             if head.status >= 200:
-                self._buf = b""
                 return head, scanner, rest
             if head.status == 101:
                 raise BadResponse("the model server switched protocols although no upgrade was asked for")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from hal0proxy.http.response_reader import ResponseReader
 from hal0proxy.proxy.reader import RequestReader
 
 
@@ -54,3 +55,21 @@ def test_a_body_sent_in_small_pieces_costs_linear_time() -> None:
     # the buffer rebuilt on every 4 KiB read, on the same (shared, loaded) machine.
     seconds = _body_in_pieces_seconds(16_000_000)
     assert seconds < 1.5, seconds
+
+
+def _trickled_response_head_seconds(pad: int) -> float:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n"
+    best = float("inf")
+    for _ in range(3):
+        reader = ResponseReader(method_is_head=False)
+        started = time.perf_counter()
+        for i in range(len(head)):
+            done = reader.feed(head[i : i + 1])
+        best = min(best, time.perf_counter() - started)
+        assert done is not None and done[0].status == 200
+    return best
+
+
+def test_a_child_head_sent_byte_by_byte_costs_linear_time() -> None:
+    small, large = _trickled_response_head_seconds(12_000), _trickled_response_head_seconds(48_000)
+    assert large / small < 8, (small, large)
