@@ -32,6 +32,10 @@ _BAD_EXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 class FramingError(RemoteProblem):
     """The peer sent bytes that are not valid HTTP/1.1 chunked framing."""
 
+    # How many bytes of the failing ``feed`` end exactly at a chunk boundary before the fault:
+    # the relay can still pass those on, so complete events are not lost with the broken one.
+    valid_bytes = 0
+
 
 class ChunkedScanner:
     __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "chunks", "payload")
@@ -66,76 +70,84 @@ class ChunkedScanner:
     def feed(self, data: bytes) -> int:
         """Consume ``data``; return how many bytes belong to this body (< len(data) if it ended).
 
-        Raises ``FramingError`` at the first byte that breaks the framing.
+        Raises ``FramingError`` at the first byte that breaks the framing; its ``valid_bytes``
+        says how much of ``data`` ends at a chunk boundary before the fault.
         """
         pos = 0
         end = len(data)
-        while pos < end:
-            state = self._state
-            if state == _DATA:
-                remaining = self._remaining
-                available = end - pos
-                if self.payload is not None and remaining:
-                    self.payload.append(data[pos : pos + min(remaining, available)])
-                if available >= remaining + 2:
-                    # The rest of the chunk and its CRLF are both here (the common case): one check.
-                    pos += remaining
-                    if data[pos : pos + 2] != b"\r\n":
+        boundary = 0  # where the last complete chunk of this feed ended
+        try:
+            while pos < end:
+                state = self._state
+                if state == _DATA:
+                    remaining = self._remaining
+                    available = end - pos
+                    if self.payload is not None and remaining:
+                        self.payload.append(data[pos : pos + min(remaining, available)])
+                    if available >= remaining + 2:
+                        # The rest of the chunk and its CRLF are both here (the common case).
+                        pos += remaining
+                        if data[pos : pos + 2] != b"\r\n":
+                            raise FramingError("chunk data not followed by CRLF")
+                        pos += 2
+                        self._remaining = 0
+                        self._state = _SIZE
+                        self.chunks += 1
+                        boundary = pos
+                    elif available > remaining:
+                        pos += remaining
+                        self._remaining = 0
+                        self._state = _DATA_CR
+                    else:
+                        self._remaining = remaining - available
+                        return end
+                elif state == _DATA_CR:
+                    if data[pos] != 13:
                         raise FramingError("chunk data not followed by CRLF")
-                    pos += 2
-                    self._remaining = 0
+                    pos += 1
+                    self._state = _DATA_LF
+                elif state == _DATA_LF:
+                    if data[pos] != 10:
+                        raise FramingError("chunk data not followed by CRLF")
+                    pos += 1
                     self._state = _SIZE
                     self.chunks += 1
-                elif available > remaining:
-                    pos += remaining
-                    self._remaining = 0
-                    self._state = _DATA_CR
-                else:
-                    self._remaining = remaining - available
-                    return end
-            elif state == _DATA_CR:
-                if data[pos] != 13:
-                    raise FramingError("chunk data not followed by CRLF")
-                pos += 1
-                self._state = _DATA_LF
-            elif state == _DATA_LF:
-                if data[pos] != 10:
-                    raise FramingError("chunk data not followed by CRLF")
-                pos += 1
-                self._state = _SIZE
-                self.chunks += 1
-            elif state == _SIZE or state == _TRAILER:
-                room = MAX_CHUNK_LINE_BYTES - len(self._line)
-                nl = data.find(b"\n", pos, pos + room + 1)
-                if nl < 0:
-                    if end - pos > room:
-                        raise FramingError(f"chunk line longer than {MAX_CHUNK_LINE_BYTES} bytes")
-                    self._line += data[pos:]
-                    return end
-                line = self._line + data[pos:nl] if self._line else data[pos:nl]
-                self._line = b""
-                pos = nl + 1
-                if line[-1:] != b"\r":
-                    raise FramingError("chunk line not terminated by CRLF")
-                line = line[:-1]
-                if state == _SIZE:
-                    size = parse_chunk_size(line)
-                    if size == 0:
-                        self._state = _TRAILER
+                    boundary = pos
+                elif state == _SIZE or state == _TRAILER:
+                    room = MAX_CHUNK_LINE_BYTES - len(self._line)
+                    nl = data.find(b"\n", pos, pos + room + 1)
+                    if nl < 0:
+                        if end - pos > room:
+                            raise FramingError(f"chunk line longer than {MAX_CHUNK_LINE_BYTES} bytes")
+                        self._line += data[pos:]
+                        return end
+                    line = self._line + data[pos:nl] if self._line else data[pos:nl]
+                    self._line = b""
+                    pos = nl + 1
+                    if line[-1:] != b"\r":
+                        raise FramingError("chunk line not terminated by CRLF")
+                    line = line[:-1]
+                    if state == _SIZE:
+                        size = parse_chunk_size(line)
+                        if size == 0:
+                            self._state = _TRAILER
+                        else:
+                            self._state = _DATA
+                            self._remaining = size
+                    elif not line:
+                        self._state = _DONE
+                        return pos
                     else:
-                        self._state = _DATA
-                        self._remaining = size
-                elif not line:
-                    self._state = _DONE
+                        self._trailer_bytes += len(line) + 2
+                        if self._trailer_bytes > MAX_TRAILER_BYTES:
+                            raise FramingError(f"trailer section larger than {MAX_TRAILER_BYTES} bytes")
+                        if _BAD_EXT.search(line) is not None or b":" not in line:
+                            raise FramingError("malformed trailer field")
+                else:  # _DONE: anything after the terminating chunk is not part of this body
                     return pos
-                else:
-                    self._trailer_bytes += len(line) + 2
-                    if self._trailer_bytes > MAX_TRAILER_BYTES:
-                        raise FramingError(f"trailer section larger than {MAX_TRAILER_BYTES} bytes")
-                    if _BAD_EXT.search(line) is not None or b":" not in line:
-                        raise FramingError("malformed trailer field")
-            else:  # _DONE: anything after the terminating chunk is not part of this body
-                return pos
+        except FramingError as exc:
+            exc.valid_bytes = boundary
+            raise
         return pos
 
 

@@ -146,6 +146,8 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             used = scanner.feed(data)
         except FramingError as exc:
+            if exc.valid_bytes and not self._plain:
+                exchange.on_body(data[: exc.valid_bytes])  # the complete chunks before the fault
             self._reject(BadResponse(f"the model server sent invalid chunked framing: {exc.message}"))
             return
         if self._plain:

@@ -23,6 +23,7 @@ class Broken:
     outcome: str
     status: int = 502
     body: bytes | None = None  # the exact body the client must receive (OK cases)
+    events: int = 1  # INTERRUPTED: complete events the client must receive before the error
 
 
 def _head(status_line: bytes, *headers: bytes) -> bytes:
@@ -107,6 +108,13 @@ CORPUS: list[Broken] = [
         Script(SSE + EVENT_CHUNK, pause_s=0.2, later=b"zz\r\n" + EVENT + b"\r\n0\r\n\r\n"),
         INTERRUPTED,
         status=200,
+    ),
+    Broken(
+        "sse_event_then_bad_size_in_one_read",
+        Script(SSE + EVENT_CHUNK, pause_s=0.2, later=EVENT_CHUNK + b"zz\r\n" + EVENT + b"\r\n0\r\n\r\n"),
+        INTERRUPTED,
+        status=200,
+        events=2,  # the complete event before the fault in the same read is still relayed
     ),
     # -- unusual but valid: relayed
     Broken("interim_100_then_200", Script(_head(b"HTTP/1.1 100 Continue") + _ok_json()), OK, 200, b"{}"),

@@ -54,7 +54,8 @@ def test_broken_child_response(rig: tuple[ProxyProcess, ScriptedChild], case: Br
                 assert "model server" in error["message"], error
                 assert wait_until(lambda: proxy.log_text().count(LOGGED) > logged_before, 5)
             elif case.outcome == INTERRUPTED:
-                assert answer.body.startswith(EVENT), answer.body
+                assert answer.body.startswith(EVENT * case.events), answer.body
+                assert answer.body.count(EVENT) == case.events, answer.body
                 assert b"upstream.stream_interrupted" in answer.body and b"[DONE]" not in answer.body
             else:
                 assert answer.body == case.body, answer.body
