@@ -8,6 +8,8 @@ bug and not on a noisy neighbour. The figures each test measured are printed (``
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -117,47 +119,46 @@ def test_60mb_body_costs_linear_cpu_and_does_not_stall_others(
     assert max(probes) < 1.5, max(probes)
 
 
+_BURST_CLIENT = """
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+request = b"GET /v1/models HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n"
+sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+sock.sendall(request * count)
+seen, tail = 0, b""
+while seen < count:
+    data = sock.recv(1 << 20)
+    if not data:
+        break
+    window = tail + data
+    seen += window.count(b"HTTP/1.1 200 ")
+    tail = window[-12:]
+print(seen)
+"""
+
+
 def test_a_burst_of_pipelined_requests_does_not_stall_other_clients(
     rig: tuple[ProxyProcess, ScriptedChild, psutil.Process],
 ) -> None:
     proxy, _, _ = rig
     count = 20_000
-    reader_done = threading.Event()
-    answered = 0
-
-    def burst() -> None:
-        nonlocal answered
-        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-        sock.sendall(MODELS * count)
-        data = b""
-        try:
-            while answered < count:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                data += chunk
-                answered += data.count(b"HTTP/1.1 200 ")
-                data = data[data.rfind(b"HTTP/1.1 200 ") + 1 :] if b"HTTP/1.1 200 " in data else data
-        finally:
-            sock.close()
-            reader_done.set()
-
     probe_conn = Conn(proxy.port)
-    thread = threading.Thread(target=burst)
-    thread.start()
+    # The burst comes from its own process, so the probe below never waits for this one's GIL.
+    burst = subprocess.Popen([sys.executable, "-c", _BURST_CLIENT, str(proxy.port), str(count)], stdout=subprocess.PIPE)
     latencies = []
-    while not reader_done.is_set():
+    while burst.poll() is None:
         started = time.monotonic()
         probe_conn.send(MODELS)
         assert probe_conn.read_answer().status == 200
         latencies.append(time.monotonic() - started)
         time.sleep(0.005)
-    thread.join()
     probe_conn.close()
+    answered = int(burst.communicate()[0])
     print(f"burst of {count}: {len(latencies)} probes, slowest {max(latencies) * 1000:.1f} ms")
     assert answered == count
-    # One 20,000-request burst answered in one go stalled others for 482 ms.
-    assert max(latencies) < 0.25, max(latencies)
+    # One 20,000-request burst answered in one go stalled others for 482 ms; answered 32 at a
+    # time it costs a probe ~20 ms here. 300 ms leaves room for a loaded, shared machine.
+    assert max(latencies) < 0.3, max(latencies)
 
 
 def test_fds_and_rss_are_flat_after_10k_connection_cycles(
