@@ -291,6 +291,13 @@ def test_every_dashboard_expression_evaluates(stack: Stack) -> None:
         if body["status"] != "success":
             problems.append(f"{title}: {body.get('error')} in {expr!r}")
     assert not problems, "\n".join(problems)
+    # Every panel has data after the traffic above (a crash, a reload, a cold load), not just
+    # valid syntax: a query naming a series the proxy never exports would stay empty.
+    # A series born late (a labelled histogram's first observation) needs two scrapes for rate().
+    def empty() -> list[str]:
+        return [f"{title}: {expr}" for title, expr in dashboard_exprs() if not stack.prom.query(concrete_expr(expr))]
+
+    assert wait_for(lambda: not empty(), 20, interval=0.5), "no data:\n" + "\n".join(empty())
     # The SLO panels have data after the traffic above, not just valid syntax.
     for expr in (
         'sum by (slot, code) (rate(hal0proxy_requests_total{instance=~".*", slot=~".*"}[1m]))',
