@@ -257,6 +257,12 @@ def test_crash_changes_the_dot_and_the_page_recovers(demo: Demo, browser: Any) -
     assert _chat(demo) == 200
     _until(browser, f"{_dot('primary')}.dataset.state === 'ready' || {_dot('primary')}.dataset.state === 'serving'")
     _until(browser, f"document.querySelector('tr[data-slot=\"primary\"] .lastload').textContent !== '{EMPTY}'")
+    # Idle time counts from the last request (read from /api/slots after the events), in-flight is back to 0.
+    _until(browser, f"document.querySelector('tr[data-slot=\"primary\"] .idle').textContent !== '{EMPTY}'")
+    assert (
+        browser.execute_script("return document.querySelector('tr[data-slot=\"primary\"] .inflight').textContent")
+        == "0"
+    )
 
     # SLO figures come from /metrics after events: no 502, the WebSocket is up, a load was timed.
     _until(browser, "document.querySelector('#slo-ws .value').textContent === 'connected'")
