@@ -194,6 +194,31 @@ def test_fresh_venv_has_no_extra(installed: tuple[Path, Path]) -> None:
     assert where.startswith(str(venv)), where
 
 
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["--version"], r"^hal0proxy \d+\.\d+\.\d+$"),
+        (["serve", "--help"], r"--static-route"),
+        (["emulate", "--help"], r"--children \{fake,llama-server\}"),
+        (["check-config", "CONFIG"], r": OK \(1 slot\(s\), listen 127\.0\.0\.1:8080\)"),
+    ],
+)
+def test_every_subcommand_runs_from_the_wheel(installed: tuple[Path, Path], argv: list[str], expect: str) -> None:
+    _, venv = installed
+    config = venv / "config.toml"
+    config.write_text('[[slot]]\nname = "primary"\nmodel = "Qwen3-0.6B-GGUF"\n')
+    done = subprocess.run(
+        [str(venv / "bin" / "hal0proxy"), *[str(config) if a == "CONFIG" else a for a in argv]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=venv,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(expect, done.stdout, re.M), done.stdout
+
+
 def _get(url: str) -> tuple[int, str, bytes]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.status, resp.headers.get("content-type", ""), resp.read()
