@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from hal0proxy import __version__
+
 
 def _parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
@@ -23,6 +25,7 @@ def _parse_static_route(value: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hal0proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hal0proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy in front of lemond")
@@ -39,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="run the lemond emulator (fake children) and the proxy together")
-    demo.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 8080))
-    demo.add_argument("--emulator-port", type=int, default=13305)
+    demo.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 8080), help="HOST:PORT of the proxy")
+    demo.add_argument("--emulator-port", type=int, default=13305, help="port of the lemond emulator")
 
     sub.add_parser("emulate", help="run the lemond emulator (see `hal0proxy emulate --help`)", add_help=False)
 
@@ -52,19 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "emulate":
-        from hal0proxy.emulator.cli import main as emulate_main
-
-        return emulate_main(args_list[1:])
+        return _emulate(args_list[1:])
     args = build_parser().parse_args(args_list)
     from hal0proxy import app
 
     if args.command == "serve":
         return app.run_serve(args)
     if args.command == "demo":
+        host, port = args.listen
+        print(f"status page: http://{host}:{port}/  (Ctrl-C stops the proxy and the emulator)", flush=True)
         return app.run_demo(args)
     if args.command == "check-config":
         return app.run_check_config(args.file)
     return 2
+
+
+def _emulate(argv: list[str]) -> int:
+    from hal0proxy.emulator.cli import main as emulate_main
+    from hal0proxy.emulator.realbin import LlamaServerUnavailable
+
+    try:
+        return emulate_main(argv)
+    except LlamaServerUnavailable as exc:  # e.g. `--children llama-server` without the extra
+        print(f"hal0proxy emulate: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

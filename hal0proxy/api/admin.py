@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from hal0proxy.api import ui
 from hal0proxy.control.controller import Controller
 from hal0proxy.control.registry import Slot
 from hal0proxy.http.errors import ProxyError, json_response, simple_response
@@ -44,6 +45,8 @@ class AdminApi:
         get = req.method in (b"GET", b"HEAD")
         if path == "/healthz" and get:
             return _json(200, {"status": "ok"})
+        if path in ui.UI_PATHS and get:
+            return ui.status_page(req, self.admin_token)
         if path == "/readyz" and get:
             ready, problems = self.controller.ready()
             return _json(200 if ready else 503, {"ready": ready, "problems": problems})

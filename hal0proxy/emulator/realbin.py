@@ -16,11 +16,11 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-
-from hal0proxy.emulator import tiny_model
+from types import ModuleType
 
 __all__ = [
     "LLAMA_CPP_PYTHON_VERSION",
+    "LlamaExtraMissing",
     "LlamaServerUnavailable",
     "build_script_path",
     "cache_dir",
@@ -39,8 +39,32 @@ LLAMA_CPP_PYTHON_VERSION = os.environ.get("HAL0_LLAMA_CPP_VERSION", "0.3.36")
 BUILD_TIMEOUT_S = 3600.0
 
 
+# The generator's source; read for the cache fingerprint without importing it (and so gguf).
+TINY_MODEL_SOURCE = Path(__file__).with_name("tiny_model.py")
+
+
 class LlamaServerUnavailable(RuntimeError):
     """The llama-server binary is missing and could not be built."""
+
+
+class LlamaExtraMissing(LlamaServerUnavailable):
+    """The optional ``llama`` extra (gguf, numpy) is not installed."""
+
+    def __init__(self, module: str | None) -> None:
+        super().__init__(
+            f"real llama-server children need the 'llama' extra (module {module or 'gguf'!r} is missing): "
+            "pip install 'hal0proxy[llama]'"
+        )
+
+
+def _tiny_model() -> ModuleType:
+    # Imported here, not at module level: gguf and numpy are an extra, and the proxy, the demo
+    # and the emulator with fake children must work without them.
+    try:
+        from hal0proxy.emulator import tiny_model
+    except ModuleNotFoundError as exc:
+        raise LlamaExtraMissing(exc.name) from None
+    return tiny_model
 
 
 def cache_dir() -> Path:
@@ -146,7 +170,7 @@ def ensure_llama_server() -> Path:
 def _model_fingerprint() -> str:
     # The cached file is named after the generator's source, so editing the
     # generator yields a new file instead of silently reusing a stale one.
-    source = Path(tiny_model.__file__).read_bytes()
+    source = TINY_MODEL_SOURCE.read_bytes()
     return hashlib.sha256(source).hexdigest()[:12]
 
 
@@ -156,6 +180,7 @@ def tiny_model_path(cache_dir: Path | None = None) -> Path:
     path = root / f"tiny-llama-{_model_fingerprint()}.gguf"
     if path.is_file():
         return path
+    generator = _tiny_model()  # before any file is made: a missing extra leaves nothing behind
     root.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename so concurrent callers never load a
     # half-written file.
@@ -163,7 +188,7 @@ def tiny_model_path(cache_dir: Path | None = None) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        tiny_model.write_tiny_model(tmp)
+        generator.write_tiny_model(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

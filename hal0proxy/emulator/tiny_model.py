@@ -31,9 +31,16 @@ from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
-import gguf
-import numpy as np
-import numpy.typing as npt
+try:
+    import gguf
+    import numpy as np
+    import numpy.typing as npt
+except ModuleNotFoundError as exc:  # an optional extra: say which one instead of a bare traceback
+    raise ModuleNotFoundError(
+        f"the tiny model generator needs the 'llama' extra (module {exc.name!r} is missing): "
+        "pip install 'hal0proxy[llama]'",
+        name=exc.name,
+    ) from None
 
 __all__ = [
     "CHAT_TEMPLATE",

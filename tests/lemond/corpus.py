@@ -3,7 +3,7 @@
 the fact it must produce (``None``: the line says nothing the proxy acts on).
 
 ``FIXTURE_CASES`` holds every non-comment line of
-``reference/lemond/fixtures/log_lines.txt`` with its annotations (``[child]``,
+``tests/fixtures/lemond/log_lines.txt`` with its annotations (``[child]``,
 ``[stdout-only]``, ``(curl text varies)``) stripped; ``test_parser`` checks the list is
 still complete when the fixture changes. ``[stdout-only]`` lines never reach the log
 stream and must give ``None``.
@@ -17,7 +17,7 @@ from pathlib import Path
 from hal0proxy.lemond import facts as F
 from hal0proxy.lemond.facts import EvictionCause
 
-FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "lemond" / "fixtures" / "log_lines.txt"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lemond" / "log_lines.txt"
 
 # Annotations the fixture appends after two or more spaces (see its header).
 ANNOTATION = re.compile(r"\s{2,}(\[(?:child|stdout-only)[^\]]*\]|\(curl text varies\))\s*$")

@@ -18,8 +18,7 @@ import orjson
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, Request, TextMessage
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-FIXTURES = SHARED / "reference" / "lemond" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lemond"
 
 
 def fixture(name: str) -> bytes:

@@ -17,12 +17,12 @@ from hal0proxy.slots.state import (
     is_transition_legal,
 )
 
-HAL0 = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "hal0.md"
+HAL0 = Path(__file__).resolve().parents[1] / "fixtures" / "hal0" / "slot_states.md"
 ALL = list(SlotState)
 
 
 def _hal0_table() -> dict[SlotState, frozenset[SlotState]]:
-    # The "from | to" table of reference/hal0.md §A.1 (hal0's code, which wins over its docs).
+    # The "from | to" table of hal0's state module (tests/fixtures/hal0) (hal0's code, which wins over its docs).
     text = HAL0.read_text(encoding="utf-8")
     section = text[text.index("**LEGAL_TRANSITIONS**") :]
     table: dict[SlotState, frozenset[SlotState]] = {}

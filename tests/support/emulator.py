@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / ".." / "shared" / "reference" / "lemond" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures" / "lemond"
 
 
 def free_port() -> int:
