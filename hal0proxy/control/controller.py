@@ -94,6 +94,7 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._models_fetched = 0.0
         self.loads_issued = 0
+        self.recoveries = 0  # dead children lemond still listed, cleared with unload + load
         self.unloads_issued: dict[str, int] = {}
         self.hooks = ControlHooks()
         # model -> when the proxy asked lemond to unload it; the eviction line that follows
@@ -157,17 +158,21 @@ class Controller:
         cold_start = cfg.cold_start if cfg else self.config.policy.cold_start
         max_wait = cfg.max_wait_s if cfg else self.config.policy.max_wait_s
         deadline = self.clock() + max_wait
-        for _ in range(4):
+        # Wait means wait: until the deadline, however often the model is found crashed,
+        # evicted or reloading (never an instant 503 because a dead route looked alive).
+        while True:
             if slot.status.state is not SlotState.UNLOADING:
                 route = await self.adapter.usable_route(slot.model)
                 if route is not None:
                     if not route.proven:
                         self.adapter.routes.mark_proven(slot.model, route.port)
                     return self._lease(slot, route.port)
+                await self._confirm_route(slot, "refused")
             task = self._ensure_loading(slot)
             remaining = deadline - self.clock()
             if cold_start == "reject" or remaining <= 0:
                 raise self._loading_error(slot)
+            waited_from = self.clock()
             try:
                 await asyncio.wait_for(asyncio.shield(task), remaining)
             except TimeoutError:
@@ -180,16 +185,26 @@ class Controller:
                     {"slot": slot.name, "model": slot.model},
                     retry_after_s=self._retry_after(slot) if exc.status == 503 else None,
                 ) from None
-        raise self._loading_error(slot)
+            if self.clock() - waited_from < 0.01:
+                # The load had nothing to do (lemond's view has not caught up yet): do not spin.
+                await asyncio.sleep(min(0.1, max(0.0, deadline - self.clock())))
 
     async def reroute(self, lease: Lease) -> Lease | None:
-        """A connect to the leased port failed: learn where the model is now, or reload it."""
+        """A connect to the leased port failed, or the child closed before answering: learn
+        where the model is now, or recover it through lemond (unload + load when lemond
+        still lists the dead child), and wait for that within the slot's ``max_wait_s``."""
         slot = self.registry.get(lease.slot)
         if slot is None:
             return None
         self.adapter.validator.invalidate(lease.port)
-        with contextlib.suppress(LemondError):
+        try:
             await self.adapter.refresh(newer_than=self.clock())
+        except LemondError as exc:
+            if await self.adapter.validator.check(lease.port):
+                return self._lease(slot, lease.port)  # the child answers again; lemond is what is down
+            self.adapter.mark_dead(slot.model, lease.port, "refused")
+            raise self._lemond_unavailable(exc) from None
+        await self._confirm_route(slot, "refused", port=lease.port)
         route = await self.adapter.usable_route(slot.model)
         if route is not None and route.port != lease.port:
             return self._lease(slot, route.port)
@@ -256,6 +271,29 @@ class Controller:
             self._quiet.set()
             self._quiet = asyncio.Event()
 
+    async def _confirm_route(self, slot: Slot, cause: str, port: int | None = None) -> None:
+        """The route table says ``slot``'s model is alive (on ``port``), but it did not take a
+        request: ask lemond, and if it still lists the child there and nothing listens, the
+        child is dead behind lemond's back (``LemondAdapter.mark_dead``)."""
+        route = self.adapter.routes.get(slot.model)
+        if route is None or not route.alive or (port is not None and route.port != port):
+            return
+        with contextlib.suppress(LemondError):
+            await self.adapter.refresh(newer_than=self.clock())
+        route = self.adapter.routes.get(slot.model)
+        if route is None or not route.alive or (port is not None and route.port != port):
+            return  # lemond already reported the loss, or the model moved
+        if not await self.adapter.validator.check(route.port):
+            self.adapter.mark_dead(slot.model, route.port, cause)
+
+    def _lemond_unavailable(self, exc: Exception) -> ProxyError:
+        return ProxyError(
+            503, "lemond.unavailable", f"lemond is not reachable: {exc}", {}, retry_after_s=self._lemond_retry_after()
+        )
+
+    def _lemond_retry_after(self) -> int:
+        return max(1, round(self.adapter.poll_s * 2))
+
     def _retry_after(self, slot: Slot) -> int:
         return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self.clock())
 
@@ -312,7 +350,14 @@ class Controller:
         async with lock:  # one load per lemond pool at a time: room-making must not race itself
             route = self.adapter.routes.get(model)
             if route is not None and route.alive:
-                return
+                if await self.adapter.usable_route(model) is not None:
+                    return
+                await self._confirm_route(slot, "refused")
+                route = self.adapter.routes.get(model)
+                if route is not None and route.alive:
+                    return  # lemond lists it and something answers there: nothing to recover
+            if self.adapter.lists_dead_child(model):
+                await self._unload_dead(slot)
             await self._make_room(slot, mtype)
             self.registry.signal_model(model, LoadRequested(), self.clock())
             options = slot.config.load_options() if slot.config else {}
@@ -336,6 +381,24 @@ class Controller:
             if route is None or not route.alive:
                 with contextlib.suppress(LemondError):
                     await self.adapter.refresh(newer_than=finished)
+
+    async def _unload_dead(self, slot: Slot) -> None:
+        """lemond still lists a dead child of this model (before v10.8 it never notices, and a
+        ``/v1/load`` of it is a no-op): an explicit unload clears it so the load respawns."""
+        model = slot.model
+        self.journal.publish("slot.recovering", slot=slot.name, model=model, action="unload+load")
+        self.recoveries += 1
+        self._proxy_unloads[model] = self.clock()
+        try:
+            await self.adapter.client.unload(model, timeout=self.config.policy.load_timeout_s)
+        except NotLoaded:
+            self._proxy_unloads.pop(model, None)
+        except LemondUnavailable as exc:
+            raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
+        except LemondError as exc:
+            raise LoadFailure(f"could not unload the dead child of {model}: {exc}") from None
+        with contextlib.suppress(LemondError):
+            await self.adapter.refresh(newer_than=self.clock())
 
     async def _make_room(self, slot: Slot, mtype: str) -> None:
         health = self.adapter.last_health
@@ -431,7 +494,10 @@ class Controller:
             if asked_at is None or self.clock() - asked_at > 60.0:
                 self.hooks.evicted(str(event.reason), "lemond")
         elif isinstance(event, ProcessCrashed):
-            self.hooks.evicted("crash", "lemond")
+            if event.cause == "exit":
+                self.hooks.evicted("crash", "lemond")
+            else:  # found dead by the proxy's own traffic while lemond still listed it
+                self.hooks.evicted("hang" if event.cause == "hang" else "crash", "proxy")
         self.registry.apply_event(event)
         self.journal.publish(f"lemond.{type(event).__name__}", **event_fields(event))
 

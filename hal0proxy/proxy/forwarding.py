@@ -178,6 +178,14 @@ class Forwarding:
                 self._release_lease()
                 self._task = None
                 return
+            if conn.closed:
+                # Accepted, then closed before the request went out: the child died meanwhile.
+                found = await self._reroute("the model server closed the connection", ask=reroutes < _MAX_REROUTES)
+                if not found:
+                    return
+                reroutes += 1
+                fresh = True
+                continue
             self._task = None
             self._send_upstream(conn)
             return
@@ -272,7 +280,12 @@ class Forwarding:
         if new_lease is None:
             self._task = None
             where = {"slot": lease.slot, "port": lease.port, **(details or {})}
-            self._fail(ProxyError(502, "dispatch.upstream_unavailable", message, where))
+            if ask:  # the router knows no child for it at all (a fixed table): hopeless
+                self._fail(ProxyError(502, "dispatch.upstream_unavailable", message, where))
+            else:
+                # Re-resolved twice and still between children: not garbage from a child (the
+                # only 502), so the client is told to come back, the way OpenAI SDKs retry.
+                self._fail(ProxyError(503, "slot.loading", message, where, retry_after_s=1))
             return False
         self._lease = new_lease
         return True
