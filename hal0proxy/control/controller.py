@@ -23,7 +23,7 @@ from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound, NotLoaded
-from hal0proxy.lemond.events import LemondEvent, ModelEvicted, ProcessCrashed
+from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelEvicted, ProcessCrashed, Resynced
 from hal0proxy.proxy.classify import Classified
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.slots import policy
@@ -94,6 +94,9 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._models_fetched = 0.0
         self.loads_issued = 0
+        self._started = False
+        self._health_failures_seen = 0
+        self._models_task: asyncio.Task[bool] | None = None
         self.recoveries = 0  # dead children lemond still listed, cleared with unload + load
         self.unloads_issued: dict[str, int] = {}
         self.hooks = ControlHooks()
@@ -111,11 +114,25 @@ class Controller:
         await self._refresh_known_models(force=True)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._idle_loop(idle_interval_s), name="idle-policy"))
+        self._started = True
+        self._warm()
+
+    def _warm(self) -> None:
+        """Load every warm slot that is not loaded (concurrently; /readyz reports progress).
+
+        Run at start, and again whenever lemond comes back (it was unreachable, or it
+        restarted): the proxy may start before lemond, and a restarted lemond has nothing.
+        """
+        self._health_failures_seen = self.adapter.stats.health_failures
         for slot in self.registry.all():
-            if slot.config is not None and slot.config.warm:
-                self._ensure_loading(slot)  # concurrently; /readyz reports when they are ready
+            if slot.config is None or not slot.config.warm:
+                continue
+            route = self.adapter.routes.get(slot.model)
+            if route is None or not route.alive:
+                self._ensure_loading(slot)
 
     async def stop(self) -> None:
+        self._started = False
         for task in [*self._tasks, *self._loads.values()]:
             task.cancel()
         for task in [*self._tasks, *self._loads.values()]:
@@ -125,7 +142,7 @@ class Controller:
 
     def ready(self) -> tuple[bool, list[str]]:
         """``/readyz``: lemond reachable and every warm slot dispatchable."""
-        problems = [] if self.adapter.last_health is not None else ["lemond has not answered /v1/health"]
+        problems = [] if self.adapter.reachable else ["lemond is not answering /v1/health"]
         for slot in self.registry.all():
             if slot.config is not None and slot.config.warm and not slot.status.dispatchable:
                 problems.append(f"slot {slot.name} is {slot.status.state}")
@@ -255,6 +272,9 @@ class Controller:
         slot = self.registry.resolve(name, loaded)
         if slot is None and await self._refresh_known_models():
             slot = self.registry.resolve(name, loaded)
+        if slot is None and not self.adapter.reachable:
+            # Only lemond could say whether it knows this model: come back when it is up.
+            raise self._lemond_unavailable(f"cannot resolve model {name!r} while lemond is down")
         if slot is None:
             raise ProxyError(404, "dispatch.no_route", f"no slot or lemond model named {name!r}", {"model": name})
         return slot
@@ -286,7 +306,7 @@ class Controller:
         if not await self.adapter.validator.check(route.port):
             self.adapter.mark_dead(slot.model, route.port, cause)
 
-    def _lemond_unavailable(self, exc: Exception) -> ProxyError:
+    def _lemond_unavailable(self, exc: Exception | str) -> ProxyError:
         return ProxyError(
             503, "lemond.unavailable", f"lemond is not reachable: {exc}", {}, retry_after_s=self._lemond_retry_after()
         )
@@ -489,6 +509,7 @@ class Controller:
 
     # ------------------------------------------------------------------ internals: events
     def _on_event(self, event: LemondEvent) -> None:
+        self._note_lemond_back(event)
         if isinstance(event, ModelEvicted):
             asked_at = self._proxy_unloads.pop(event.model, None)
             if asked_at is None or self.clock() - asked_at > 60.0:
@@ -500,6 +521,23 @@ class Controller:
                 self.hooks.evicted("hang" if event.cause == "hang" else "crash", "proxy")
         self.registry.apply_event(event)
         self.journal.publish(f"lemond.{type(event).__name__}", **event_fields(event))
+
+    def _note_lemond_back(self, event: LemondEvent) -> None:
+        back = isinstance(event, LemondRestarted) or (
+            isinstance(event, Resynced) and self.adapter.stats.health_failures != self._health_failures_seen
+        )
+        if back and self._started:
+            self.journal.publish("lemond.back", restarted=isinstance(event, LemondRestarted))
+            # After this event has been applied everywhere (routes first, then the slots).
+            asyncio.get_running_loop().call_soon(self._rewarm)
+
+    def _rewarm(self) -> None:
+        if not self._started:
+            return
+        self._warm()
+        if self._models_task is None or self._models_task.done():
+            # lemond's model list may have been unknown (it was down) or changed (restarted).
+            self._models_task = asyncio.get_running_loop().create_task(self._refresh_known_models(force=True))
 
     def _on_state_change(self, slot: Slot, before: SlotState) -> None:
         status = slot.status
