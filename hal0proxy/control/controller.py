@@ -227,6 +227,17 @@ class Controller:
             return self._lease(slot, route.port)
         return await self.acquire(Classified(slot.name, (), b"", False))
 
+    def child_hung(self, lease: Lease) -> None:
+        """The hang watch found the child behind ``lease`` silent and not answering /health:
+        it is dead to the proxy (journal and metrics say ``hang``) and is replaced through
+        lemond with one unload + load, which the requests re-resolving now wait for."""
+        slot = self.registry.get(lease.slot)
+        if slot is None:
+            return
+        self.journal.publish("slot.hang_detected", slot=slot.name, model=slot.model, port=lease.port)
+        if self.adapter.mark_dead(slot.model, lease.port, "hang"):
+            self._ensure_loading(slot)
+
     def models_payload(self) -> dict[str, Any]:
         data: list[dict[str, Any]] = []
         seen: set[str] = set()

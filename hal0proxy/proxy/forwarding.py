@@ -290,6 +290,28 @@ class Forwarding:
         self._lease = new_lease
         return True
 
+    # -- hang watch (proxy.hangwatch samples these; nothing here runs per chunk) ------------
+    def progress_mark(self) -> tuple[Lease, tuple[int, int, int]] | None:
+        """Which response of which upstream connection, and how far it got; ``None`` when
+        no exchange is waiting on a child."""
+        upstream, lease = self._upstream, self._lease
+        if upstream is None or lease is None:
+            return None
+        scanner = upstream.scanner
+        progress = -1 if scanner is None else (scanner.chunks if isinstance(scanner, ChunkedScanner) else -2)
+        return lease, (id(upstream), upstream.requests, progress)
+
+    def end_hung_exchange(self) -> None:
+        """The child stopped answering: drop the connection; the loss is handled as for a dead
+        child (re-resolved and retried before any byte reached the client, else ended with
+        the interrupted event) — never retried on the same child."""
+        upstream = self._upstream
+        if upstream is None:
+            return
+        self._retried = True
+        if upstream.transport is not None:
+            upstream.transport.abort()
+
     def _on_first_byte_timeout(self) -> None:
         self._timer = None
         upstream = self._upstream
