@@ -19,6 +19,7 @@ from typing import Any
 
 from hal0proxy.config import Config
 from hal0proxy.control.journal import Journal, event_fields
+from hal0proxy.control.pins import InFlightPins
 from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
@@ -104,6 +105,8 @@ class Controller:
         # (often after /v1/unload has returned) is the proxy's, not lemond's own decision.
         self._proxy_unloads: dict[str, float] = {}
         self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
+        self.pins = InFlightPins(adapter.client, lambda: self.lemond_major >= 11)
+        self._adoption_warned: set[str] = set()
         adapter.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ lifecycle
@@ -133,6 +136,7 @@ class Controller:
 
     async def stop(self) -> None:
         self._started = False
+        await self.pins.stop()
         for task in [*self._tasks, *self._loads.values()]:
             task.cancel()
         for task in [*self._tasks, *self._loads.values()]:
@@ -140,13 +144,31 @@ class Controller:
                 await task
         await self.adapter.stop()
 
+    @property
+    def lemond_major(self) -> int:
+        """lemond's major release from its last ``/v1/health`` (0 while unknown)."""
+        health = self.adapter.last_health
+        head = health.version.split(".", 1)[0] if health is not None else ""
+        return int(head) if head.isdigit() else 0
+
     def ready(self) -> tuple[bool, list[str]]:
-        """``/readyz``: lemond reachable and every warm slot dispatchable."""
+        """``/readyz``: lemond reachable and every warm slot dispatchable. Adopted models are
+        reported too (as warnings: they do not make the proxy unready)."""
         problems = [] if self.adapter.reachable else ["lemond is not answering /v1/health"]
         for slot in self.registry.all():
             if slot.config is not None and slot.config.warm and not slot.status.dispatchable:
                 problems.append(f"slot {slot.name} is {slot.status.state}")
-        return not problems, problems
+        return not problems, problems + self._adoption_warnings()
+
+    def _adoption_warnings(self) -> list[str]:
+        if self.lemond_major < 11:
+            return []
+        return [
+            f"warning: model {slot.model} was loaded by another client; lemond may evict it on its own "
+            "(auto_evict counts only traffic through lemond)"
+            for slot in self.registry.all()
+            if slot.adopted and (route := self.adapter.routes.get(slot.model)) is not None and route.alive
+        ]
 
     # ------------------------------------------------------------------ Router protocol
     def acquire_now(self, request: Classified) -> Lease | None:
@@ -293,12 +315,16 @@ class Controller:
     def _lease(self, slot: Slot, port: int) -> SlotLease:
         slot.last_used_wall = time.time()
         self.registry.signal(slot, RequestStarted(), self.clock())
+        if slot.status.in_flight == 1 and not (slot.config and slot.config.pinned):
+            self.pins.busy(slot.model)  # keep lemond's LRU off it while it serves
         return SlotLease(self, slot, port)
 
     def _finished(self, slot: Slot) -> None:
         slot.last_used_wall = time.time()
         self.registry.signal(slot, RequestFinished(), self.clock())
         if slot.status.in_flight == 0:
+            if self.registry.in_flight(slot.model) == 0:
+                self.pins.quiet(slot.model)
             self._quiet.set()
             self._quiet = asyncio.Event()
 
@@ -392,6 +418,10 @@ class Controller:
             await self._make_room(slot, mtype)
             self.registry.signal_model(model, LoadRequested(), self.clock())
             options = slot.config.load_options() if slot.config else {}
+            if self.lemond_major >= 11:
+                # The proxy owns idle policy: lemond's eviction engine measures idleness from
+                # traffic through lemond only, and would evict a model streaming through us.
+                options["auto_evict"] = False
             started = self.clock()
             self.loads_issued += 1
             self.journal.publish("slot.load_requested", slot=slot.name, model=model)
@@ -470,7 +500,7 @@ class Controller:
             in_flight = self.registry.in_flight(slot.model)
             if in_flight != status.in_flight:
                 status = replace(status, in_flight=in_flight)
-            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s))
+            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s, _pinned(slot)))
         return views
 
     async def _unload_model(self, model: str, reason: str) -> None:
@@ -499,7 +529,8 @@ class Controller:
             now = self.clock()
             for slot in self.registry.all():
                 self.registry.signal(slot, IdleTick(slot.idle_timeout_s), now)
-            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s) for s in self.registry.all()]
+            slots = self.registry.all()
+            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s, _pinned(s)) for s in slots]
             for action in policy.idle_unload_candidates(views, now):
                 found = self.registry.get(action.slot)
                 if found is None:
@@ -521,6 +552,11 @@ class Controller:
     # ------------------------------------------------------------------ internals: events
     def _on_event(self, event: LemondEvent) -> None:
         self._note_lemond_back(event)
+        if isinstance(event, ModelEvicted | ProcessCrashed) and event.model is not None:
+            self.pins.forget(event.model)  # the pin went with the child
+        elif isinstance(event, LemondRestarted):
+            for slot in self.registry.all():
+                self.pins.forget(slot.model)
         if isinstance(event, ModelEvicted):
             asked_at = self._proxy_unloads.pop(event.model, None)
             if asked_at is None or self.clock() - asked_at > 60.0:
@@ -532,6 +568,11 @@ class Controller:
                 self.hooks.evicted("hang" if event.cause == "hang" else "crash", "proxy")
         self.registry.apply_event(event)
         self.journal.publish(f"lemond.{type(event).__name__}", **event_fields(event))
+        for warning in self._adoption_warnings():
+            model = warning.split()[2]
+            if model not in self._adoption_warned:
+                self._adoption_warned.add(model)
+                self.journal.publish("slot.adopted", model=model, warning=warning)
 
     def _note_lemond_back(self, event: LemondEvent) -> None:
         back = isinstance(event, LemondRestarted) or (
@@ -566,3 +607,8 @@ class Controller:
             port=status.port,
             message=status.message,
         )
+
+
+def _pinned(slot: Slot) -> bool:
+    """Configured ``pinned = true``: never idle-unloaded, never a room-making victim."""
+    return bool(slot.config and slot.config.pinned)
