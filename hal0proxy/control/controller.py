@@ -29,7 +29,7 @@ from hal0proxy.proxy.classify import Classified
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.slots import policy
 from hal0proxy.slots.derive import LOADED
-from hal0proxy.slots.signals import IdleTick, LoadRequested, RequestFinished, RequestStarted, UnloadRequested
+from hal0proxy.slots.signals import IdleTick, LoadError, LoadRequested, RequestFinished, RequestStarted, UnloadRequested
 from hal0proxy.slots.state import SlotState
 
 log = logging.getLogger("hal0proxy.control")
@@ -105,6 +105,7 @@ class Controller:
         # (often after /v1/unload has returned) is the proxy's, not lemond's own decision.
         self._proxy_unloads: dict[str, float] = {}
         self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
+        adapter.names.learn(cfg.model for cfg in config.slots)
         self.pins = InFlightPins(adapter.client, lambda: self.lemond_major >= 11)
         self._adoption_warned: set[str] = set()
         adapter.subscribe(self._on_event)
@@ -298,6 +299,9 @@ class Controller:
             if name is None:
                 raise ProxyError(400, "request.missing_model", "request has no 'model' and no default slot applies")
 
+        if self.registry.get(name) is None:
+            name = self.adapter.names.to_public(name)  # extra.<m> and friends: one model, one slot
+
         def loaded(model: str) -> bool:
             route = self.adapter.routes.get(model)
             return route is not None and route.alive
@@ -351,6 +355,10 @@ class Controller:
     def _lemond_retry_after(self) -> int:
         return max(1, round(self.adapter.poll_s * 2))
 
+    def retry_after(self, slot: Slot) -> int:
+        """The ``Retry-After`` seconds for a request that finds ``slot`` loading."""
+        return self._retry_after(slot)
+
     def _retry_after(self, slot: Slot) -> int:
         return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self.clock())
 
@@ -381,6 +389,7 @@ class Controller:
         except LemondError:
             return False
         self.registry.known_models = {m["id"]: m for m in models if isinstance(m, dict) and "id" in m}
+        self.adapter.names.learn(self.registry.known_models)
         return True
 
     # ------------------------------------------------------------------ internals: loading
@@ -427,11 +436,14 @@ class Controller:
             self.journal.publish("slot.load_requested", slot=slot.name, model=model)
             try:
                 await self.adapter.client.load(model, timeout=self.config.policy.load_timeout_s, **options)
-            except ModelNotFound as exc:
-                raise LoadFailure(str(exc), 404, "slot.not_found") from None
-            except LemondUnavailable as exc:
-                raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
             except LemondError as exc:
+                # lemond logs no failure line for every refusal (an unknown model, lemond down):
+                # the slot must not stay "starting" and hold its place in the pool.
+                self.registry.signal_model(model, LoadError(str(exc)), self.clock())
+                if isinstance(exc, ModelNotFound):
+                    raise LoadFailure(str(exc), 404, "slot.not_found") from None
+                if isinstance(exc, LemondUnavailable):
+                    raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
                 raise LoadFailure(str(exc)) from None
             finished = self.clock()
             self.load_times.record(model, finished - started)

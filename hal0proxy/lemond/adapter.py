@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hal0proxy.lemond.client import _UNSET, DEFAULT_BASE_URL, LemondClient  # one shared "not given" marker
 from hal0proxy.lemond.correlate import Correlator
@@ -28,6 +28,7 @@ from hal0proxy.lemond.errors import LemondError
 from hal0proxy.lemond.events import LemondEvent, LemondRestarted, LoadedModel, ProcessCrashed, Resynced
 from hal0proxy.lemond.health import HealthSnapshot
 from hal0proxy.lemond.logstream import LogStream, LogStreamListener
+from hal0proxy.lemond.names import ModelNames
 from hal0proxy.lemond.parser import parse
 from hal0proxy.lemond.probe import PortValidator
 from hal0proxy.lemond.routes import Route, RouteTable, StableHook
@@ -103,6 +104,8 @@ class LemondAdapter:
         # (lemond < v10.8 never notices; later releases only after their watchdog poll).
         # Such an entry is left out of every reconciliation until lemond lists another child.
         self.dead_listed: dict[str, tuple[int | None, int]] = {}
+        # lemond's log lines name models canonically (extra.<m>); everything else is public.
+        self.names = ModelNames()
         self._subs: list[Subscriber] = []
         self._stream: LogStream | None = None
         if use_websocket:
@@ -239,6 +242,7 @@ class LemondAdapter:
             self.reachable = False
             raise
         self.reachable = True
+        self.names.learn(entry.model for entry in snap.loaded)
         if self.last_health is None or snap.observed_at >= self.last_health.observed_at:
             self.last_health = snap
         self.stats.resyncs += 1
@@ -293,7 +297,7 @@ class LemondAdapter:
             self.correlator.take_resync_hint()
             return
         for event in events:
-            self._publish(event)
+            self._publish(self._public(event))
         if self.correlator.take_resync_hint():
             # The log alone could not say where a model lives (e.g. no port line at Info).
             self.request_refresh(newer_than=observed_at)
@@ -323,6 +327,15 @@ class LemondAdapter:
         self.request_refresh(newer_than=time.monotonic())
 
     # -- publishing -----------------------------------------------------------------------
+
+    def _public(self, event: LemondEvent) -> LemondEvent:
+        """The event with lemond's canonical model name replaced by the public one."""
+        model = getattr(event, "model", None)
+        if isinstance(model, str):
+            public = self.names.to_public(model)
+            if public != model:
+                return replace(event, model=public)  # type: ignore[call-arg]
+        return event
 
     def _publish(self, event: LemondEvent) -> None:
         before = self.routes.get(getattr(event, "model", None) or "")
