@@ -21,6 +21,7 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     statuses: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, outcome)
+    codes: Counter[str] = field(default_factory=Counter)  # error codes of the 503s
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, outcome: str, problem: str | None = None) -> None:
@@ -59,6 +60,12 @@ def one_request(port: int, model: str, tally: Tally, *, stream: bool, max_tokens
             tally.add("truncated", f"{model}: stream ended without [DONE] or error event: {data[-200:]!r}")
     elif resp.status == 503 and retry_after.isdigit():
         tally.add("503")
+        try:
+            code = json.loads(data)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = "?"
+        with tally.lock:
+            tally.codes[str(code)] += 1
     else:
         tally.add(f"status_{resp.status}", f"{model}: {resp.status} retry-after={retry_after!r} {data[:300]!r}")
 
@@ -76,7 +83,10 @@ class Hammer:
 
     def _run(self, port: int, model: str, stream: bool, max_tokens: int) -> None:
         while not self._stop.is_set():
+            answered = len(self.tally.statuses)
             one_request(port, model, self.tally, stream=stream, max_tokens=max_tokens)
+            if len(self.tally.statuses) > answered and self.tally.statuses[-1][1] == "503":
+                self._stop.wait(0.2)  # as an SDK honouring Retry-After would, but shorter
 
     def __enter__(self) -> Hammer:
         for t in self._threads:
