@@ -20,11 +20,12 @@ from typing import Any
 from hal0proxy.config import Config
 from hal0proxy.control.journal import Journal, event_fields
 from hal0proxy.control.pins import InFlightPins
+from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound, NotLoaded
-from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelEvicted, ProcessCrashed, Resynced
+from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelEvicted, ProcessCrashed
 from hal0proxy.proxy.classify import Classified
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.slots import policy
@@ -33,13 +34,6 @@ from hal0proxy.slots.signals import IdleTick, LoadError, LoadRequested, RequestF
 from hal0proxy.slots.state import SlotState
 
 log = logging.getLogger("hal0proxy.control")
-
-
-class LoadFailure(Exception):
-    def __init__(self, message: str, status: int = 503, code: str = "slot.load_failed") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def _noop(*_args: object) -> None:
@@ -74,7 +68,7 @@ class SlotLease:
             self._controller._finished(self._slot)
 
 
-class Controller:
+class Controller(Recovery):
     def __init__(
         self,
         config: Config,
@@ -121,20 +115,6 @@ class Controller:
         self._started = True
         self._warm()
 
-    def _warm(self) -> None:
-        """Load every warm slot that is not loaded (concurrently; /readyz reports progress).
-
-        Run at start, and again whenever lemond comes back (it was unreachable, or it
-        restarted): the proxy may start before lemond, and a restarted lemond has nothing.
-        """
-        self._health_failures_seen = self.adapter.stats.health_failures
-        for slot in self.registry.all():
-            if slot.config is None or not slot.config.warm:
-                continue
-            route = self.adapter.routes.get(slot.model)
-            if route is None or not route.alive:
-                self._ensure_loading(slot)
-
     async def stop(self) -> None:
         self._started = False
         await self.pins.stop()
@@ -145,13 +125,6 @@ class Controller:
                 await task
         await self.adapter.stop()
 
-    @property
-    def lemond_major(self) -> int:
-        """lemond's major release from its last ``/v1/health`` (0 while unknown)."""
-        health = self.adapter.last_health
-        head = health.version.split(".", 1)[0] if health is not None else ""
-        return int(head) if head.isdigit() else 0
-
     def ready(self) -> tuple[bool, list[str]]:
         """``/readyz``: lemond reachable and every warm slot dispatchable. Adopted models are
         reported too (as warnings: they do not make the proxy unready)."""
@@ -160,16 +133,6 @@ class Controller:
             if slot.config is not None and slot.config.warm and not slot.status.dispatchable:
                 problems.append(f"slot {slot.name} is {slot.status.state}")
         return not problems, problems + self._adoption_warnings()
-
-    def _adoption_warnings(self) -> list[str]:
-        if self.lemond_major < 11:
-            return []
-        return [
-            f"warning: model {slot.model} was loaded by another client; lemond may evict it on its own "
-            "(auto_evict counts only traffic through lemond)"
-            for slot in self.registry.all()
-            if slot.adopted and (route := self.adapter.routes.get(slot.model)) is not None and route.alive
-        ]
 
     # ------------------------------------------------------------------ Router protocol
     def acquire_now(self, request: Classified) -> Lease | None:
@@ -228,38 +191,6 @@ class Controller:
             if self.clock() - waited_from < 0.01:
                 # The load had nothing to do (lemond's view has not caught up yet): do not spin.
                 await asyncio.sleep(min(0.1, max(0.0, deadline - self.clock())))
-
-    async def reroute(self, lease: Lease) -> Lease | None:
-        """A connect to the leased port failed, or the child closed before answering: learn
-        where the model is now, or recover it through lemond (unload + load when lemond
-        still lists the dead child), and wait for that within the slot's ``max_wait_s``."""
-        slot = self.registry.get(lease.slot)
-        if slot is None:
-            return None
-        self.adapter.validator.invalidate(lease.port)
-        try:
-            await self.adapter.refresh(newer_than=self.clock())
-        except LemondError as exc:
-            if await self.adapter.validator.check(lease.port):
-                return self._lease(slot, lease.port)  # the child answers again; lemond is what is down
-            self.adapter.mark_dead(slot.model, lease.port, "refused")
-            raise self._lemond_unavailable(exc) from None
-        await self._confirm_route(slot, "refused", port=lease.port)
-        route = await self.adapter.usable_route(slot.model)
-        if route is not None and route.port != lease.port:
-            return self._lease(slot, route.port)
-        return await self.acquire(Classified(slot.name, (), b"", False))
-
-    def child_hung(self, lease: Lease) -> None:
-        """The hang watch found the child behind ``lease`` silent and not answering /health:
-        it is dead to the proxy (journal and metrics say ``hang``) and is replaced through
-        lemond with one unload + load, which the requests re-resolving now wait for."""
-        slot = self.registry.get(lease.slot)
-        if slot is None:
-            return
-        self.journal.publish("slot.hang_detected", slot=slot.name, model=slot.model, port=lease.port)
-        if self.adapter.mark_dead(slot.model, lease.port, "hang"):
-            self._ensure_loading(slot)
 
     def models_payload(self) -> dict[str, Any]:
         data: list[dict[str, Any]] = []
@@ -331,29 +262,6 @@ class Controller:
                 self.pins.quiet(slot.model)
             self._quiet.set()
             self._quiet = asyncio.Event()
-
-    async def _confirm_route(self, slot: Slot, cause: str, port: int | None = None) -> None:
-        """The route table says ``slot``'s model is alive (on ``port``), but it did not take a
-        request: ask lemond, and if it still lists the child there and nothing listens, the
-        child is dead behind lemond's back (``LemondAdapter.mark_dead``)."""
-        route = self.adapter.routes.get(slot.model)
-        if route is None or not route.alive or (port is not None and route.port != port):
-            return
-        with contextlib.suppress(LemondError):
-            await self.adapter.refresh(newer_than=self.clock())
-        route = self.adapter.routes.get(slot.model)
-        if route is None or not route.alive or (port is not None and route.port != port):
-            return  # lemond already reported the loss, or the model moved
-        if not await self.adapter.validator.check(route.port):
-            self.adapter.mark_dead(slot.model, route.port, cause)
-
-    def _lemond_unavailable(self, exc: Exception | str) -> ProxyError:
-        return ProxyError(
-            503, "lemond.unavailable", f"lemond is not reachable: {exc}", {}, retry_after_s=self._lemond_retry_after()
-        )
-
-    def _lemond_retry_after(self) -> int:
-        return max(1, round(self.adapter.poll_s * 2))
 
     def retry_after(self, slot: Slot) -> int:
         """The ``Retry-After`` seconds for a request that finds ``slot`` loading."""
@@ -454,24 +362,6 @@ class Controller:
             if route is None or not route.alive:
                 with contextlib.suppress(LemondError):
                     await self.adapter.refresh(newer_than=finished)
-
-    async def _unload_dead(self, slot: Slot) -> None:
-        """lemond still lists a dead child of this model (before v10.8 it never notices, and a
-        ``/v1/load`` of it is a no-op): an explicit unload clears it so the load respawns."""
-        model = slot.model
-        self.journal.publish("slot.recovering", slot=slot.name, model=model, action="unload+load")
-        self.recoveries += 1
-        self._proxy_unloads[model] = self.clock()
-        try:
-            await self.adapter.client.unload(model, timeout=self.config.policy.load_timeout_s)
-        except NotLoaded:
-            self._proxy_unloads.pop(model, None)
-        except LemondUnavailable as exc:
-            raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
-        except LemondError as exc:
-            raise LoadFailure(f"could not unload the dead child of {model}: {exc}") from None
-        with contextlib.suppress(LemondError):
-            await self.adapter.refresh(newer_than=self.clock())
 
     async def _make_room(self, slot: Slot, mtype: str) -> None:
         health = self.adapter.last_health
@@ -585,23 +475,6 @@ class Controller:
             if model not in self._adoption_warned:
                 self._adoption_warned.add(model)
                 self.journal.publish("slot.adopted", model=model, warning=warning)
-
-    def _note_lemond_back(self, event: LemondEvent) -> None:
-        back = isinstance(event, LemondRestarted) or (
-            isinstance(event, Resynced) and self.adapter.stats.health_failures != self._health_failures_seen
-        )
-        if back and self._started:
-            self.journal.publish("lemond.back", restarted=isinstance(event, LemondRestarted))
-            # After this event has been applied everywhere (routes first, then the slots).
-            asyncio.get_running_loop().call_soon(self._rewarm)
-
-    def _rewarm(self) -> None:
-        if not self._started:
-            return
-        self._warm()
-        if self._models_task is None or self._models_task.done():
-            # lemond's model list may have been unknown (it was down) or changed (restarted).
-            self._models_task = asyncio.get_running_loop().create_task(self._refresh_known_models(force=True))
 
     def _on_state_change(self, slot: Slot, before: SlotState) -> None:
         status = slot.status
