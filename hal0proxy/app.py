@@ -24,6 +24,7 @@ from hal0proxy.http.messages import FullResponse, HttpRequest, LocalResponse
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.metrics import Metrics
 from hal0proxy.proxy.context import ProxyContext
+from hal0proxy.proxy.hangwatch import HangSettings, HangWatch
 from hal0proxy.proxy.routing import Router, StaticRouter
 from hal0proxy.proxy.server import install_event_loop_policy, start_listener
 from hal0proxy.proxy.settings import ProxySettings
@@ -110,6 +111,16 @@ class Proxy:
             settings=settings,
             observe=self.metrics.observe_request,
         )
+        policy = config.policy
+        self.hang_watch = HangWatch(
+            self.ctx,
+            HangSettings(
+                hang_after_s=policy.hang_after_s,
+                probe_interval_s=policy.hang_probe_interval_s,
+                probe_timeout_s=policy.hang_probe_timeout_s,
+                probe_failures=policy.hang_probe_failures,
+            ),
+        )
         if self.controller is not None:
             self.ctx.local = AdminApi(self.controller, config.admin_token, metrics=self._render_metrics)
             self.metrics.bind(self.controller, self.ctx.stats)
@@ -132,6 +143,7 @@ class Proxy:
     async def start(self) -> None:
         host, port = self.config.listen
         self.server = await start_listener(self.ctx, host, port)
+        self.hang_watch.start()
         if self.controller is not None:
             await self.controller.start()
 
@@ -174,6 +186,7 @@ class Proxy:
         await asyncio.sleep(0)  # let cancelled event streams write their final event
         for conn in list(self.ctx.connections):
             conn.close_when_idle()
+        await self.hang_watch.stop()
         if self.controller is not None:
             await self.controller.stop()
         self.ctx.pool.close()

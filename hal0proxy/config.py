@@ -56,6 +56,14 @@ class PolicyConfig:
     idle_timeout_s: float = 0.0
     default_load_s: float = 5.0  # Retry-After estimate before a model's first measured load
     load_timeout_s: float = 900.0
+    # Hang detection for the proxy's own traffic (lemond's watchdog never sees it): a request
+    # with no byte from its child for hang_after_s has the child's /health probed every
+    # hang_probe_interval_s (each with hang_probe_timeout_s); hang_probe_failures failures in
+    # a row and the child is treated as dead. Defaults are lemond's watchdog's (90 s, 2 s, 3).
+    hang_after_s: float = 90.0
+    hang_probe_interval_s: float = 5.0
+    hang_probe_timeout_s: float = 2.0
+    hang_probe_failures: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +136,10 @@ _POLICY = {
     "idle_timeout_s": (_Number, _non_negative),
     "default_load_s": (_Number, _positive),
     "load_timeout_s": (_Number, _positive),
+    "hang_after_s": (_Number, _positive),
+    "hang_probe_interval_s": (_Number, _positive),
+    "hang_probe_timeout_s": (_Number, _positive),
+    "hang_probe_failures": ((int,), _positive),
 }
 _SLOT = {
     "name": ((str,), lambda v: None if SLOT_NAME_RE.match(v) else "must match ^[a-z0-9][a-z0-9_-]{0,31}$"),

@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 
 from hal0proxy.api import ui
-from hal0proxy.control.controller import Controller
+from hal0proxy.control.controller import Controller, LoadFailure
 from hal0proxy.control.registry import Slot
 from hal0proxy.http.errors import ProxyError, json_response, simple_response
 from hal0proxy.http.messages import FullResponse, HttpRequest, LocalResponse, StreamResponse
-from hal0proxy.lemond.errors import LemondError
+from hal0proxy.lemond.errors import LemondError, ModelNotFound
 from hal0proxy.slots.derive import LOADED
 from hal0proxy.slots.names import is_valid_slot_name
 
@@ -83,6 +83,12 @@ class AdminApi:
                 await self.controller.load_slot(slot)
             else:
                 await self.controller.unload_slot(slot)
+        except LoadFailure as exc:  # mapped like the data plane: 404 unknown model, 503 + Retry-After
+            retry = self.controller.retry_after(slot) if exc.status == 503 else None
+            details = {"slot": name, "state": str(slot.status.state)}
+            raise ProxyError(exc.status, exc.code, str(exc), details, retry_after_s=retry) from None
+        except ModelNotFound as exc:
+            raise ProxyError(404, "slot.not_found", str(exc), {"slot": name, "model": slot.model}) from None
         except LemondError as exc:
             raise ProxyError(503, "lemond.unavailable", str(exc), {"slot": name}, retry_after_s=5) from None
         except Exception as exc:  # a failed load is reported, with the slot's state, not hidden

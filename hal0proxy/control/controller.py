@@ -19,26 +19,21 @@ from typing import Any
 
 from hal0proxy.config import Config
 from hal0proxy.control.journal import Journal, event_fields
+from hal0proxy.control.pins import InFlightPins
+from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound, NotLoaded
-from hal0proxy.lemond.events import LemondEvent, ModelEvicted, ProcessCrashed
+from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelEvicted, ProcessCrashed
 from hal0proxy.proxy.classify import Classified
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.slots import policy
 from hal0proxy.slots.derive import LOADED
-from hal0proxy.slots.signals import IdleTick, LoadRequested, RequestFinished, RequestStarted, UnloadRequested
+from hal0proxy.slots.signals import IdleTick, LoadError, LoadRequested, RequestFinished, RequestStarted, UnloadRequested
 from hal0proxy.slots.state import SlotState
 
 log = logging.getLogger("hal0proxy.control")
-
-
-class LoadFailure(Exception):
-    def __init__(self, message: str, status: int = 503, code: str = "slot.load_failed") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def _noop(*_args: object) -> None:
@@ -73,7 +68,7 @@ class SlotLease:
             self._controller._finished(self._slot)
 
 
-class Controller:
+class Controller(Recovery):
     def __init__(
         self,
         config: Config,
@@ -94,12 +89,19 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._models_fetched = 0.0
         self.loads_issued = 0
+        self._started = False
+        self._health_failures_seen = 0
+        self._models_task: asyncio.Task[bool] | None = None
+        self.recoveries = 0  # dead children lemond still listed, cleared with unload + load
         self.unloads_issued: dict[str, int] = {}
         self.hooks = ControlHooks()
         # model -> when the proxy asked lemond to unload it; the eviction line that follows
         # (often after /v1/unload has returned) is the proxy's, not lemond's own decision.
         self._proxy_unloads: dict[str, float] = {}
         self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
+        adapter.names.learn(cfg.model for cfg in config.slots)
+        self.pins = InFlightPins(adapter.client, lambda: self.lemond_major >= 11)
+        self._adoption_warned: set[str] = set()
         adapter.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ lifecycle
@@ -110,11 +112,12 @@ class Controller:
         await self._refresh_known_models(force=True)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._idle_loop(idle_interval_s), name="idle-policy"))
-        for slot in self.registry.all():
-            if slot.config is not None and slot.config.warm:
-                self._ensure_loading(slot)  # concurrently; /readyz reports when they are ready
+        self._started = True
+        self._warm()
 
     async def stop(self) -> None:
+        self._started = False
+        await self.pins.stop()
         for task in [*self._tasks, *self._loads.values()]:
             task.cancel()
         for task in [*self._tasks, *self._loads.values()]:
@@ -123,12 +126,13 @@ class Controller:
         await self.adapter.stop()
 
     def ready(self) -> tuple[bool, list[str]]:
-        """``/readyz``: lemond reachable and every warm slot dispatchable."""
-        problems = [] if self.adapter.last_health is not None else ["lemond has not answered /v1/health"]
+        """``/readyz``: lemond reachable and every warm slot dispatchable. Adopted models are
+        reported too (as warnings: they do not make the proxy unready)."""
+        problems = [] if self.adapter.reachable else ["lemond is not answering /v1/health"]
         for slot in self.registry.all():
             if slot.config is not None and slot.config.warm and not slot.status.dispatchable:
                 problems.append(f"slot {slot.name} is {slot.status.state}")
-        return not problems, problems
+        return not problems, problems + self._adoption_warnings()
 
     # ------------------------------------------------------------------ Router protocol
     def acquire_now(self, request: Classified) -> Lease | None:
@@ -157,17 +161,21 @@ class Controller:
         cold_start = cfg.cold_start if cfg else self.config.policy.cold_start
         max_wait = cfg.max_wait_s if cfg else self.config.policy.max_wait_s
         deadline = self.clock() + max_wait
-        for _ in range(4):
+        # Wait means wait: until the deadline, however often the model is found crashed,
+        # evicted or reloading (never an instant 503 because a dead route looked alive).
+        while True:
             if slot.status.state is not SlotState.UNLOADING:
                 route = await self.adapter.usable_route(slot.model)
                 if route is not None:
                     if not route.proven:
                         self.adapter.routes.mark_proven(slot.model, route.port)
                     return self._lease(slot, route.port)
+                await self._confirm_route(slot, "refused")
             task = self._ensure_loading(slot)
             remaining = deadline - self.clock()
             if cold_start == "reject" or remaining <= 0:
                 raise self._loading_error(slot)
+            waited_from = self.clock()
             try:
                 await asyncio.wait_for(asyncio.shield(task), remaining)
             except TimeoutError:
@@ -180,20 +188,9 @@ class Controller:
                     {"slot": slot.name, "model": slot.model},
                     retry_after_s=self._retry_after(slot) if exc.status == 503 else None,
                 ) from None
-        raise self._loading_error(slot)
-
-    async def reroute(self, lease: Lease) -> Lease | None:
-        """A connect to the leased port failed: learn where the model is now, or reload it."""
-        slot = self.registry.get(lease.slot)
-        if slot is None:
-            return None
-        self.adapter.validator.invalidate(lease.port)
-        with contextlib.suppress(LemondError):
-            await self.adapter.refresh(newer_than=self.clock())
-        route = await self.adapter.usable_route(slot.model)
-        if route is not None and route.port != lease.port:
-            return self._lease(slot, route.port)
-        return await self.acquire(Classified(slot.name, (), b"", False))
+            if self.clock() - waited_from < 0.01:
+                # The load had nothing to do (lemond's view has not caught up yet): do not spin.
+                await asyncio.sleep(min(0.1, max(0.0, deadline - self.clock())))
 
     def models_payload(self) -> dict[str, Any]:
         data: list[dict[str, Any]] = []
@@ -233,6 +230,9 @@ class Controller:
             if name is None:
                 raise ProxyError(400, "request.missing_model", "request has no 'model' and no default slot applies")
 
+        if self.registry.get(name) is None:
+            name = self.adapter.names.to_public(name)  # extra.<m> and friends: one model, one slot
+
         def loaded(model: str) -> bool:
             route = self.adapter.routes.get(model)
             return route is not None and route.alive
@@ -240,6 +240,9 @@ class Controller:
         slot = self.registry.resolve(name, loaded)
         if slot is None and await self._refresh_known_models():
             slot = self.registry.resolve(name, loaded)
+        if slot is None and not self.adapter.reachable:
+            # Only lemond could say whether it knows this model: come back when it is up.
+            raise self._lemond_unavailable(f"cannot resolve model {name!r} while lemond is down")
         if slot is None:
             raise ProxyError(404, "dispatch.no_route", f"no slot or lemond model named {name!r}", {"model": name})
         return slot
@@ -247,14 +250,22 @@ class Controller:
     def _lease(self, slot: Slot, port: int) -> SlotLease:
         slot.last_used_wall = time.time()
         self.registry.signal(slot, RequestStarted(), self.clock())
+        if slot.status.in_flight == 1 and not (slot.config and slot.config.pinned):
+            self.pins.busy(slot.model)  # keep lemond's LRU off it while it serves
         return SlotLease(self, slot, port)
 
     def _finished(self, slot: Slot) -> None:
         slot.last_used_wall = time.time()
         self.registry.signal(slot, RequestFinished(), self.clock())
         if slot.status.in_flight == 0:
+            if self.registry.in_flight(slot.model) == 0:
+                self.pins.quiet(slot.model)
             self._quiet.set()
             self._quiet = asyncio.Event()
+
+    def retry_after(self, slot: Slot) -> int:
+        """The ``Retry-After`` seconds for a request that finds ``slot`` loading."""
+        return self._retry_after(slot)
 
     def _retry_after(self, slot: Slot) -> int:
         return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self.clock())
@@ -286,6 +297,7 @@ class Controller:
         except LemondError:
             return False
         self.registry.known_models = {m["id"]: m for m in models if isinstance(m, dict) and "id" in m}
+        self.adapter.names.learn(self.registry.known_models)
         return True
 
     # ------------------------------------------------------------------ internals: loading
@@ -312,20 +324,34 @@ class Controller:
         async with lock:  # one load per lemond pool at a time: room-making must not race itself
             route = self.adapter.routes.get(model)
             if route is not None and route.alive:
-                return
+                if await self.adapter.usable_route(model) is not None:
+                    return
+                await self._confirm_route(slot, "refused")
+                route = self.adapter.routes.get(model)
+                if route is not None and route.alive:
+                    return  # lemond lists it and something answers there: nothing to recover
+            if self.adapter.lists_dead_child(model):
+                await self._unload_dead(slot)
             await self._make_room(slot, mtype)
             self.registry.signal_model(model, LoadRequested(), self.clock())
             options = slot.config.load_options() if slot.config else {}
+            if self.lemond_major >= 11:
+                # The proxy owns idle policy: lemond's eviction engine measures idleness from
+                # traffic through lemond only, and would evict a model streaming through us.
+                options["auto_evict"] = False
             started = self.clock()
             self.loads_issued += 1
             self.journal.publish("slot.load_requested", slot=slot.name, model=model)
             try:
                 await self.adapter.client.load(model, timeout=self.config.policy.load_timeout_s, **options)
-            except ModelNotFound as exc:
-                raise LoadFailure(str(exc), 404, "slot.not_found") from None
-            except LemondUnavailable as exc:
-                raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
             except LemondError as exc:
+                # lemond logs no failure line for every refusal (an unknown model, lemond down):
+                # the slot must not stay "starting" and hold its place in the pool.
+                self.registry.signal_model(model, LoadError(str(exc)), self.clock())
+                if isinstance(exc, ModelNotFound):
+                    raise LoadFailure(str(exc), 404, "slot.not_found") from None
+                if isinstance(exc, LemondUnavailable):
+                    raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
                 raise LoadFailure(str(exc)) from None
             finished = self.clock()
             self.load_times.record(model, finished - started)
@@ -376,7 +402,7 @@ class Controller:
             in_flight = self.registry.in_flight(slot.model)
             if in_flight != status.in_flight:
                 status = replace(status, in_flight=in_flight)
-            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s))
+            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s, _pinned(slot)))
         return views
 
     async def _unload_model(self, model: str, reason: str) -> None:
@@ -405,7 +431,8 @@ class Controller:
             now = self.clock()
             for slot in self.registry.all():
                 self.registry.signal(slot, IdleTick(slot.idle_timeout_s), now)
-            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s) for s in self.registry.all()]
+            slots = self.registry.all()
+            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s, _pinned(s)) for s in slots]
             for action in policy.idle_unload_candidates(views, now):
                 found = self.registry.get(action.slot)
                 if found is None:
@@ -426,14 +453,28 @@ class Controller:
 
     # ------------------------------------------------------------------ internals: events
     def _on_event(self, event: LemondEvent) -> None:
+        self._note_lemond_back(event)
+        if isinstance(event, ModelEvicted | ProcessCrashed) and event.model is not None:
+            self.pins.forget(event.model)  # the pin went with the child
+        elif isinstance(event, LemondRestarted):
+            for slot in self.registry.all():
+                self.pins.forget(slot.model)
         if isinstance(event, ModelEvicted):
             asked_at = self._proxy_unloads.pop(event.model, None)
             if asked_at is None or self.clock() - asked_at > 60.0:
                 self.hooks.evicted(str(event.reason), "lemond")
         elif isinstance(event, ProcessCrashed):
-            self.hooks.evicted("crash", "lemond")
+            if event.cause == "exit":
+                self.hooks.evicted("crash", "lemond")
+            else:  # found dead by the proxy's own traffic while lemond still listed it
+                self.hooks.evicted("hang" if event.cause == "hang" else "crash", "proxy")
         self.registry.apply_event(event)
         self.journal.publish(f"lemond.{type(event).__name__}", **event_fields(event))
+        for warning in self._adoption_warnings():
+            model = warning.split()[2]
+            if model not in self._adoption_warned:
+                self._adoption_warned.add(model)
+                self.journal.publish("slot.adopted", model=model, warning=warning)
 
     def _on_state_change(self, slot: Slot, before: SlotState) -> None:
         status = slot.status
@@ -451,3 +492,8 @@ class Controller:
             port=status.port,
             message=status.message,
         )
+
+
+def _pinned(slot: Slot) -> bool:
+    """Configured ``pinned = true``: never idle-unloaded, never a room-making victim."""
+    return bool(slot.config and slot.config.pinned)

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("trace", "debug", "info", "warning", "error"), default="info")
     p.add_argument("--watchdog-poll-seconds", type=float, default=1.0)
     p.add_argument("--quiet", action="store_true", help="do not echo log lines to stdout")
+    p.add_argument("--auto-evict", action="store_true", help="lemond's global auto_evict (v11+)")
+    p.add_argument("--evict-idle-timeout", type=float, default=300.0, help="seconds idle before an auto-evict unload")
+    p.add_argument("--downsize-idle-timeout", type=float, default=60.0, help="seconds idle before a downsize")
+    p.add_argument("--eviction-interval-seconds", type=float, default=5.0, help="eviction engine period")
     return p
 
 
@@ -54,6 +58,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         log_level=args.log_level,
         watchdog_poll_s=args.watchdog_poll_seconds,
         echo_logs=not args.quiet,
+        auto_evict=args.auto_evict,
+        evict_idle_timeout_s=args.evict_idle_timeout,
+        downsize_idle_timeout_s=args.downsize_idle_timeout,
+        eviction_interval_s=args.eviction_interval_seconds,
     )
 
 

@@ -50,6 +50,11 @@ class Release:
         return self.at_least(11, 5)
 
     @property
+    def has_residency_controls(self) -> bool:
+        """v11: ``/internal/pin`` and the idle eviction engine (neither exists in v10.7)."""
+        return self.at_least(11, 0)
+
+    @property
     def already_loaded_severity(self) -> str:
         """'Model already loaded' dropped from Info to Debug in v11.0."""
         return "Debug" if self.at_least(11, 0) else "Info"
@@ -88,6 +93,11 @@ class EmulatorConfig:
     #: lemond's global_timeout for a child to answer /health
     load_timeout_s: float = 600.0
     echo_logs: bool = True
+    #: lemond's eviction engine (SPEC §4.5): the global switch and its timeouts
+    auto_evict: bool = False
+    evict_idle_timeout_s: float = 300.0
+    downsize_idle_timeout_s: float = 60.0
+    eviction_interval_s: float = 5.0
     cache_dir: str = "/var/lib/lemonade/.cache/lemonade"
 
     def __post_init__(self) -> None:

@@ -79,6 +79,18 @@ def _prompt_text(body: dict[str, object]) -> str:
     return prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()
 
 
+def _stall(header: str | None) -> tuple[int, float]:
+    """``X-Emu-Stall: <tokens>,<seconds>``: go silent for ``seconds`` after ``tokens`` tokens
+    of a stream (0 = before the response head; a non-streaming answer always waits first)."""
+    if not header:
+        return 0, 0.0
+    try:
+        after, seconds = header.split(",", 1)
+        return max(0, int(after)), max(0.0, float(seconds))
+    except ValueError:
+        return 0, 0.0
+
+
 def _max_tokens(body: dict[str, object]) -> int:
     for key in ("max_tokens", "max_completion_tokens", "n_predict"):
         value = body.get(key)
@@ -221,13 +233,17 @@ class FakeLlamaServer:
         prompt_n = wire.count_tokens(_prompt_text(body))
         n_tokens = _max_tokens(body)
         model = body.get("model") if isinstance(body.get("model"), str) else self.model_id
+        stall_after, stall_s = _stall(request.header("x-emu-stall"))
         self.processing += 1
         try:
+            if stall_s and (body.get("stream") is not True or stall_after == 0):
+                await asyncio.sleep(stall_s)  # silent, as in a long prompt evaluation; /health answers
             if body.get("stream") is True:
                 options = body.get("stream_options")
                 include_usage = isinstance(options, dict) and options.get("include_usage") is True
                 stamp = self.args.stamp or request.header("x-emu-stamp") == "1"
-                await self._stream(stream, chat, str(model), prompt_n, n_tokens, include_usage, stamp, started)
+                stall = (stall_after, stall_s) if stall_s and stall_after > 0 else None
+                await self._stream(stream, chat, str(model), prompt_n, n_tokens, include_usage, stamp, started, stall)
                 return None
             tps = self.args.tokens_per_second
             if tps > 0 and n_tokens:
@@ -256,6 +272,7 @@ class FakeLlamaServer:
         include_usage: bool,
         stamp: bool,
         started: float,
+        stall: tuple[int, float] | None = None,
     ) -> None:
         enc = wire.StreamEncoder(chat, model, int(time.time()), wire.random_id("chatcmpl-" if chat else "cmpl-"))
         before, after = enc.token_parts()
@@ -289,6 +306,8 @@ class FakeLlamaServer:
                     await asyncio.sleep(delay)
             elif i % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
+            if stall is not None and i == stall[0]:
+                await asyncio.sleep(stall[1])  # stalled mid-stream; the process still answers /health
             if stream.disconnected:
                 return
             if stamp:

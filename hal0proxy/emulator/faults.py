@@ -10,6 +10,7 @@ All POST with a JSON body (``{"model_name": ...}`` where it applies):
   ``null`` clears it).
 * ``ws_drop``: drop every log WebSocket (``"graceful": true`` sends a close frame instead).
 * ``restart``: like a lemond restart: children die, state clears, ``seq`` starts at 1.
+* ``hang``: the child stops answering but keeps its socket (see :mod:`churn_faults`).
 
 ``GET /_emu/state`` returns counters for tests.
 """
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from hal0proxy.emulator import churn_faults
 from hal0proxy.emulator.httpserver import Request, Response, WebSocket, json_response
 from hal0proxy.emulator.router import Router
 
@@ -70,6 +72,7 @@ class FaultApi:
             "slow_load": self.slow_load,
             "ws_drop": self.ws_drop,
             "restart": self.restart,
+            "hang": lambda b: churn_faults.hang(self.router, b),
         }.get(action)
         if handler is None:
             return _bad(404, f"Unknown fault: {action}")

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from hal0proxy.emulator import views
+from hal0proxy.emulator import residency, views
 from hal0proxy.emulator.catalog import CatalogModel
 from hal0proxy.emulator.httpserver import Request, Response, Stream, json_response
 from hal0proxy.emulator.logs import LogHub
@@ -126,6 +126,8 @@ class LemondApi:
                 return _json(200, {"status": "ok"})
             if request.path == "/metrics" and method in ("GET", "HEAD"):
                 return Response(200, self._metrics(), list(_VARY), "text/plain; version=0.0.4")
+            if request.path == "/internal/pin" and method == "POST" and self.router.release.has_residency_controls:
+                return await residency.handle_pin(self.router, request)
             return _json(404, views.not_found_body(request.path))
         if method in ("GET", "HEAD"):
             if sub == "health":

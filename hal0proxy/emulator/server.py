@@ -15,6 +15,7 @@ from hal0proxy.emulator.httpserver import HttpServer, Request, Response, Stream,
 from hal0proxy.emulator.launch import LaunchPlan
 from hal0proxy.emulator.logs import LogHub, stdout_echo
 from hal0proxy.emulator.logstream import WS_PATHS_ALL, WS_PATHS_LEGACY, LogStreamApp
+from hal0proxy.emulator.residency import EvictionEngine, EvictionSettings
 from hal0proxy.emulator.router import FaultPlan, Router
 from hal0proxy.emulator.views import not_found_body
 
@@ -34,6 +35,7 @@ class Emulator:
         self.port = config.port
         self.websocket_port: int | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._eviction: asyncio.Future[None] | None = None
 
     # -- WebSocket routing -------------------------------------------------------------------
 
@@ -73,6 +75,14 @@ class Emulator:
             self.websocket_port = await self.ws_server.listen(config.bind_host, self.websocket_port)
         self.banner()
         self._watchdog = asyncio.ensure_future(self.router.run_watchdog())
+        if config.release.has_residency_controls:
+            settings = EvictionSettings(
+                auto_evict=config.auto_evict,
+                evict_idle_timeout_s=config.evict_idle_timeout_s,
+                downsize_idle_timeout_s=config.downsize_idle_timeout_s,
+                interval_s=config.eviction_interval_s,
+            )
+            self._eviction = asyncio.ensure_future(EvictionEngine(self.router, settings).run())
 
     def banner(self) -> None:
         """The startup lines of log_lines.txt §1."""
@@ -116,6 +126,8 @@ class Emulator:
     async def shutdown(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._eviction is not None:
+            self._eviction.cancel()
         for ws in list(self.sockets):
             ws.abort()
         children = [b.child for b in self.router.backends.values()]

@@ -20,14 +20,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hal0proxy.lemond.client import _UNSET, DEFAULT_BASE_URL, LemondClient  # one shared "not given" marker
 from hal0proxy.lemond.correlate import Correlator
 from hal0proxy.lemond.errors import LemondError
-from hal0proxy.lemond.events import LemondEvent, LemondRestarted, Resynced
+from hal0proxy.lemond.events import LemondEvent, LemondRestarted, LoadedModel, ProcessCrashed, Resynced
 from hal0proxy.lemond.health import HealthSnapshot
 from hal0proxy.lemond.logstream import LogStream, LogStreamListener
+from hal0proxy.lemond.names import ModelNames
 from hal0proxy.lemond.parser import parse
 from hal0proxy.lemond.probe import PortValidator
 from hal0proxy.lemond.routes import Route, RouteTable, StableHook
@@ -48,6 +49,7 @@ class AdapterStats:
     gaps: int = 0  # seq gaps (entries lost in lemond's ring)
     restarts: int = 0  # lemond restarts detected
     events: int = 0  # events published
+    dead_children: int = 0  # children found dead by the proxy while lemond still listed them
 
 
 class _Listener(LogStreamListener):
@@ -96,6 +98,14 @@ class LemondAdapter:
         self.poll_s = poll_s
         self.refresh_ttl_s = refresh_ttl_s
         self.last_health: HealthSnapshot | None = None
+        # False after a /v1/health that could not reach lemond, True after one that did.
+        self.reachable = False
+        # model -> (pid, port) of a child the proxy found dead that lemond still lists
+        # (lemond < v10.8 never notices; later releases only after their watchdog poll).
+        # Such an entry is left out of every reconciliation until lemond lists another child.
+        self.dead_listed: dict[str, tuple[int | None, int]] = {}
+        # lemond's log lines name models canonically (extra.<m>); everything else is public.
+        self.names = ModelNames()
         self._subs: list[Subscriber] = []
         self._stream: LogStream | None = None
         if use_websocket:
@@ -186,6 +196,27 @@ class LemondAdapter:
             with contextlib.suppress(Exception):
                 await asyncio.shield(task)
 
+    def mark_dead(self, model: str, port: int, cause: str) -> bool:
+        """The child serving ``model`` on ``port`` is dead although lemond may still list it.
+
+        Publishes a ``ProcessCrashed`` (with ``cause``) so routes and slots see the loss at
+        once; the route is not trusted again until lemond reports another child. False when
+        the route had already changed (someone else noticed first).
+        """
+        route = self.routes.get(model)
+        if route is None or not route.alive or route.port != port:
+            return False
+        self.dead_listed[model] = (route.pid, port)
+        self.stats.dead_children += 1
+        self.validator.record(port, False)
+        log.warning("child of %s on port %d is dead (%s); lemond still lists it", model, port, cause)
+        self._publish(ProcessCrashed(model=model, pid=route.pid, cause=cause, observed_at=time.monotonic()))
+        return True
+
+    def lists_dead_child(self, model: str) -> bool:
+        """True while lemond's last ``/v1/health`` still lists a child the proxy found dead."""
+        return model in self.dead_listed
+
     async def usable_route(self, model: str) -> Route | None:
         """The model's route if it can take a request now; probes an unproven port.
 
@@ -208,15 +239,30 @@ class LemondAdapter:
             snap = await self.client.health()
         except LemondError:
             self.stats.health_failures += 1
+            self.reachable = False
             raise
+        self.reachable = True
+        self.names.learn(entry.model for entry in snap.loaded)
         if self.last_health is None or snap.observed_at >= self.last_health.observed_at:
             self.last_health = snap
         self.stats.resyncs += 1
         self.correlator.sync(snap.loaded)
         # observed_at is the *send* time: RouteTable uses it as the cutoff so events
         # observed after the request went out are not overridden by this answer.
-        self._publish(Resynced(observed_at=snap.observed_at, loaded=snap.loaded, max_models=snap.max_models))
+        loaded = self._without_dead(snap.loaded)
+        self._publish(Resynced(observed_at=snap.observed_at, loaded=loaded, max_models=snap.max_models))
         return snap
+
+    def _without_dead(self, loaded: tuple[LoadedModel, ...]) -> tuple[LoadedModel, ...]:
+        """``loaded`` minus the children the proxy found dead; forgets those lemond replaced."""
+        if not self.dead_listed:
+            return loaded
+        listed = {entry.model: entry for entry in loaded}
+        for model, (pid, port) in list(self.dead_listed.items()):
+            entry = listed.get(model)
+            if entry is None or not _same_child(entry, pid, port):
+                del self.dead_listed[model]  # unloaded, or a new child: lemond's word holds again
+        return tuple(e for e in loaded if e.model not in self.dead_listed)
 
     async def _heartbeat_loop(self) -> None:
         assert self._wake is not None
@@ -251,7 +297,7 @@ class LemondAdapter:
             self.correlator.take_resync_hint()
             return
         for event in events:
-            self._publish(event)
+            self._publish(self._public(event))
         if self.correlator.take_resync_hint():
             # The log alone could not say where a model lives (e.g. no port line at Info).
             self.request_refresh(newer_than=observed_at)
@@ -282,6 +328,15 @@ class LemondAdapter:
 
     # -- publishing -----------------------------------------------------------------------
 
+    def _public(self, event: LemondEvent) -> LemondEvent:
+        """The event with lemond's canonical model name replaced by the public one."""
+        model = getattr(event, "model", None)
+        if isinstance(model, str):
+            public = self.names.to_public(model)
+            if public != model:
+                return replace(event, model=public)  # type: ignore[call-arg]
+        return event
+
     def _publish(self, event: LemondEvent) -> None:
         before = self.routes.get(getattr(event, "model", None) or "")
         after = self.routes.apply(event)
@@ -295,3 +350,9 @@ class LemondAdapter:
                 callback(event)
             except Exception:
                 log.exception("lemond event subscriber failed on %s", type(event).__name__)
+
+
+def _same_child(entry: LoadedModel, pid: int | None, port: int) -> bool:
+    if entry.pid is not None and pid is not None:
+        return entry.pid == pid
+    return entry.port == port

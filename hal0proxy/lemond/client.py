@@ -171,6 +171,23 @@ class LemondClient:
         doc = self._json("unload", resp)
         return doc if isinstance(doc, dict) else {"status": "success"}
 
+    async def pin(self, model_name: str, pinned: bool, *, timeout: float | None = None) -> dict[str, Any]:
+        """``POST /internal/pin`` (lemond v11+; the admin key, which defaults to the API key).
+
+        Changes only the pin of a loaded model: unlike a second ``/v1/load``, it can never
+        turn into an option-change reload. Raises ``LemondError`` (400 when not loaded).
+        """
+        resp = await self._call(
+            "pin",
+            "POST",
+            "/internal/pin",
+            json={"model_name": model_name, "pinned": pinned},
+            timeout=timeout,
+            model=model_name,
+        )
+        doc = self._json("pin", resp)
+        return doc if isinstance(doc, dict) else {"status": "success"}
+
     async def models(self, show_all: bool = False) -> list[dict[str, Any]]:
         """``GET /v1/models``: the raw ``data`` list."""
         path = "/v1/models?show_all=true" if show_all else "/v1/models"

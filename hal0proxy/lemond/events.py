@@ -50,6 +50,9 @@ class ProcessCrashed(LemondEvent):
     model: str | None
     pid: int | None
     exit_code: int | None = None
+    # "exit" when lemond reported it; "refused", "closed" or "hang" when the proxy found the
+    # child dead on its own traffic while lemond still listed it (see LemondAdapter.mark_dead).
+    cause: str = "exit"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-__all__ = ["PortValidator"]
+__all__ = ["PortValidator", "probe_health"]
 
 
 class PortValidator:
@@ -92,3 +92,25 @@ class PortValidator:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
+
+
+async def probe_health(port: int, timeout_s: float, host: str = "127.0.0.1") -> bool:
+    """``GET /health`` on a child: True on a 200 status line within ``timeout_s``.
+
+    What lemond's watchdog asks a child it suspects of hanging (SPEC §4.4); a child that is
+    busy with a long prompt still answers it, a stopped or wedged one does not.
+    """
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            line = await reader.readline()
+        return line.split(b" ", 2)[1:2] == [b"200"]
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

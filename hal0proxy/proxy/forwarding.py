@@ -185,6 +185,14 @@ class Forwarding:
                 self._release_lease()
                 self._task = None
                 return
+            if conn.closed:
+                # Accepted, then closed before the request went out: the child died meanwhile.
+                found = await self._reroute("the model server closed the connection", ask=reroutes < _MAX_REROUTES)
+                if not found:
+                    return
+                reroutes += 1
+                fresh = True
+                continue
             self._task = None
             self._send_upstream(conn)
             return
@@ -279,10 +287,37 @@ class Forwarding:
         if new_lease is None:
             self._task = None
             where = {"slot": lease.slot, "port": lease.port, **(details or {})}
-            self._fail(ProxyError(502, "dispatch.upstream_unavailable", message, where))
+            if ask:  # the router knows no child for it at all (a fixed table): hopeless
+                self._fail(ProxyError(502, "dispatch.upstream_unavailable", message, where))
+            else:
+                # Re-resolved twice and still between children: not garbage from a child (the
+                # only 502), so the client is told to come back, the way OpenAI SDKs retry.
+                self._fail(ProxyError(503, "slot.loading", message, where, retry_after_s=1))
             return False
         self._lease = new_lease
         return True
+
+    # -- hang watch (proxy.hangwatch samples these; nothing here runs per chunk) ------------
+    def progress_mark(self) -> tuple[Lease, tuple[int, int, int]] | None:
+        """Which response of which upstream connection, and how far it got; ``None`` when
+        no exchange is waiting on a child."""
+        upstream, lease = self._upstream, self._lease
+        if upstream is None or lease is None:
+            return None
+        scanner = upstream.scanner
+        progress = -1 if scanner is None else (scanner.chunks if isinstance(scanner, ChunkedScanner) else -2)
+        return lease, (id(upstream), upstream.requests, progress)
+
+    def end_hung_exchange(self) -> None:
+        """The child stopped answering: drop the connection; the loss is handled as for a dead
+        child (re-resolved and retried before any byte reached the client, else ended with
+        the interrupted event) — never retried on the same child."""
+        upstream = self._upstream
+        if upstream is None:
+            return
+        self._retried = True
+        if upstream.transport is not None:
+            upstream.transport.abort()
 
     def _on_first_byte_timeout(self) -> None:
         self._timer = None

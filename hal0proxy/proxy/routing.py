@@ -44,6 +44,11 @@ class Router(Protocol):
         """
         ...
 
+    def child_hung(self, lease: Lease) -> None:
+        """The child behind ``lease.port`` stopped answering (see ``proxy.hangwatch``): stop
+        routing to it and have it replaced. The caller then ends the exchanges on it."""
+        ...
+
     def models_payload(self) -> dict[str, Any]:
         """Body of ``GET /v1/models`` from the proxy's view."""
         ...
@@ -85,6 +90,9 @@ class StaticRouter:
 
     async def reroute(self, lease: Lease) -> Lease | None:
         return None
+
+    def child_hung(self, lease: Lease) -> None:
+        return None  # a fixed table has nothing to reload
 
     def models_payload(self) -> dict[str, Any]:
         return {

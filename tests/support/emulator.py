@@ -154,11 +154,14 @@ def start_emulator(
     log_level: str = "debug",
     watchdog_poll_seconds: float = 0.5,
     startup_timeout: float = 30.0,
+    port: int | None = None,
+    child_port_base: int | None = None,
 ) -> EmulatorProcess:
-    """Launch ``python -m hal0proxy.emulator`` on free ports and wait for ``/live``."""
-    port = free_port()
+    """Launch ``python -m hal0proxy.emulator`` on free ports (or the given ones, to restart
+    a lemond where a proxy expects it) and wait for ``/live``."""
+    port = free_port() if port is None else port
     # A random base keeps parallel runs (and other users of this machine) from colliding.
-    child_base = random.randrange(20000, 40000, 50)
+    child_base = random.randrange(20000, 40000, 50) if child_port_base is None else child_port_base
     ws_base = random.randrange(40000, 50000, 10)
     argv = [
         sys.executable, "-m", "hal0proxy.emulator",
