@@ -155,7 +155,8 @@ def last_line_has(target: Target, needle: str) -> bool:
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
 _SUBS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\]):\d+"), "http://<HOST>:<PORT>"),
-    (re.compile(r"(?<![\w.])/[\w.\-/]+"), "<PATH>"),
+    # Filesystem paths (model files, cache dirs), not the URL paths of the access log.
+    (re.compile(r"(?<![\w.])/(?:tmp|root|home|var|opt|usr|work)/[\w.\-/]+"), "<PATH>"),
     (re.compile(r"\bPID:? \d+"), "PID <PID>"),
     (re.compile(r"\bport:? \d+"), "port <PORT>"),
     (re.compile(r"\b\d+ ?ms\b"), "<N>ms"),

@@ -16,7 +16,7 @@ def test_lines_with_a_rule_pass() -> None:
         check(
             "2026-11-29 07:50:00.123 [Info] (LlamaCpp) Loading model: extra.alpha",
             "2026-11-29 07:50:00.124 [Info] (ProcessManager) Process started successfully, PID: 4242",
-            "2026-11-29 07:50:02.000 [Info] (Router) Slot limit reached for pool standard/llm, evicting LRU: extra.alpha",
+            "2026-11-29 07:50:02.000 [Info] (Router) Slot limit reached for type llm, evicting LRU: extra.alpha",
         )
         == []
     )
