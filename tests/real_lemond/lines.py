@@ -23,7 +23,11 @@ KNOWN_IRRELEVANT: tuple[tuple[str, str, str], ...] = (
     ("Router", r"Model already loaded, updating access time", "a load of a loaded model: no state change"),
     ("ModelManager", r"", "the model catalogue (discovery, registration): what exists, not what is loaded"),
     ("LlamaCpp", r"Using LlamaCpp Backend: ", "which backend flavour a spawn uses, not where it listens"),
-    ("Router", r"Unloading: ", "v10.7.0 names the model of an evict-all; the evict-all lines bracket it"),
+    (
+        "Router",
+        r"Unloading: ",
+        "v10.7.0 names each model of an evict-all; the closing 'All models unloaded' line (parsed) drops them all",
+    ),
 )
 
 _COMPILED = tuple((tag, re.compile(pattern), reason) for tag, pattern, reason in KNOWN_IRRELEVANT)
