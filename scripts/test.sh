@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build_llama_server.sh
+if [ -d ../shared/vendor/lemond ]; then export HAL0PROXY_LEMOND_SOURCES="${HAL0PROXY_LEMOND_SOURCES:-$(cd ../shared/vendor/lemond && pwd)}"; fi
+bash scripts/build_lemond.sh 11.7.0 >/dev/null
+bash scripts/build_lemond.sh 10.7.0 >/dev/null
 bash scripts/install_prometheus.sh >/dev/null
 # Headless Chromium and chromedriver (Debian packages) for the status page's browser test.
 bash scripts/install_chromium.sh >/dev/null

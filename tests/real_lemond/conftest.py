@@ -1,0 +1,43 @@
+"""Fixtures for the tests against the real lemond: one lemond per module and version.
+
+A module picks its versions with ``VERSIONS`` (default: both) and its pool size with
+``MAX_LOADED_MODELS`` (default 1). Nothing is skipped when lemond is not built yet: the
+first fixture builds it (minutes), hence the module timeouts.
+
+At teardown every line the lemond wrote (all its runs) goes through the parser; a line the
+parser ignores although it names a model, a child pid or a child port fails the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.real_lemond.lines import unexplained_lines
+from tests.support.real_lemond import SUPPORTED, RealLemond, start_real_lemond
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "lemond_version" in metafunc.fixturenames:
+        versions = getattr(metafunc.module, "VERSIONS", SUPPORTED)
+        metafunc.parametrize("lemond_version", versions, scope="module", ids=[f"v{v}" for v in versions])
+
+
+def assert_lines_understood(lem: RealLemond) -> None:
+    problems = unexplained_lines(
+        lem.log_lines(), models=lem.models, pids=lem.seen_child_pids, ports=lem.seen_child_ports
+    )
+    assert not problems, "lines the parser ignores but that name a model, pid or port:\n" + "\n".join(
+        f"  [{p.mentions}] {p.line}" for p in problems
+    )
+
+
+@pytest.fixture(scope="module")
+def lemond(request: pytest.FixtureRequest, lemond_version: str) -> Iterator[RealLemond]:
+    max_loaded = getattr(request.module, "MAX_LOADED_MODELS", 1)
+    lem = start_real_lemond(lemond_version, max_loaded_models=max_loaded)
+    with lem:
+        yield lem
+        lem.stop()
+        assert_lines_understood(lem)
