@@ -116,14 +116,20 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         body; a response not started yet gets ``503 proxy.shutting_down``; anything else (a
         body cut mid-event) can only be cut, visibly, by closing the connection.
         """
-        if self._closed or self._ending:
+        if self._closed:
             return
-        self._ending = True
-        self._keep_alive = False
         if self._local_stream:
+            # Cancelled again if called again: on 3.11 ``asyncio.wait_for`` can swallow a
+            # cancellation that coincides with an event; _stream_local also checks the flag.
+            self._ending = True
+            self._keep_alive = False
             if self._task is not None:
                 self._task.cancel()  # _stream_local writes the final event
             return
+        if self._ending:
+            return
+        self._ending = True
+        self._keep_alive = False
         if self._req is None:
             self._close()
             return
@@ -389,27 +395,30 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             head.append(b"transfer-encoding: chunked\r\n\r\n")
         self._write(b"".join(head))
         self._local_stream = True
+        finished = False
         try:
             async for piece in response.body:
-                if self._closed:
+                if self._closed or self._ending:
                     break
                 self._write(piece if plain else encode_chunk(piece))
                 if self._write_paused:
                     await self._can_write.wait()
             else:
+                finished = True
                 if not plain:
                     self._write(LAST_CHUNK)
         except asyncio.CancelledError:
             if not self._ending:
                 raise
-            # Shutdown ends the subscription: a final event, then a proper end of the body.
-            self._write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
         finally:
             self._local_stream = False
             if response.on_close is not None:
                 response.on_close()
             self._can_write = None
             self._task = None
+        if self._ending and not finished and not self._closed:
+            # Shutdown ends the subscription: a final event, then a proper end of the body.
+            self._write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
         if not self._closed:
             self._response_done()
 

@@ -1,10 +1,13 @@
-"""``plan_reload``: which changed keys apply at once and which keep their running value."""
+"""``plan_reload``: which changed keys apply at once and which keep their running value; and
+the new ``[limits]`` keys are validated like the others."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from hal0proxy.config import Config, LimitsConfig, PolicyConfig, SlotConfig
+import pytest
+
+from hal0proxy.config import Config, ConfigError, LimitsConfig, PolicyConfig, SlotConfig, parse_config
 from hal0proxy.reload import plan_reload
 
 RUNNING = Config(
@@ -75,3 +78,17 @@ def test_restart_only_keys_keep_their_running_values() -> None:
     assert [s.name for s in config.slots] == ["primary", "embed"]
     primary = config.slots[0]
     assert (primary.model, primary.warm, primary.idle_timeout_s) == ("m1", True, 1)
+
+
+def test_new_limit_keys_are_validated() -> None:
+    config = parse_config(
+        {"limits": {"max_connections": 10, "pipeline_buffer_bytes": 4096, "shutdown_grace_s": 0}}, env={}
+    )
+    assert (config.limits.max_connections, config.limits.pipeline_buffer_bytes) == (10, 4096)
+    assert config.limits.shutdown_grace_s == 0
+    with pytest.raises(ConfigError) as err:
+        parse_config({"limits": {"max_connections": 0, "pipeline_buffer_bytes": True, "shutdown_grace_s": -1}}, env={})
+    lines = str(err.value).splitlines()
+    assert "limits.max_connections: must be > 0 (got 0)" in lines
+    assert "limits.pipeline_buffer_bytes: expected int, got bool" in lines
+    assert "limits.shutdown_grace_s: must be >= 0 (got -1)" in lines
