@@ -16,6 +16,7 @@ import pytest
 from tests.hardening.children import ScriptedChild
 from tests.hardening.corpus_requests import CASES, CHAT, Case
 from tests.hardening.wire import one_shot, request
+from tests.support.emulator import start_emulator
 from tests.support.proxy import ProxyProcess, start_proxy
 
 CONFIG = """
@@ -37,7 +38,7 @@ def rig() -> Iterator[tuple[ProxyProcess, ScriptedChild]]:
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 80
+    assert len(CASES) + len(NAMED) >= 80
     assert sum(c.id.startswith("smuggle_") for c in CASES) >= 25
 
 
@@ -74,3 +75,79 @@ def test_hostile_request(rig: tuple[ProxyProcess, ScriptedChild], case: Case) ->
     other, other_conn = one_shot(proxy.port, request("POST", "/v1/chat/completions", CHAT), b"POST")
     other_conn.close()
     assert other.status == 200 and other.json()["ok"] is True
+
+
+# Names and the admin API need the control plane: a proxy in front of the lemond emulator,
+# with an admin token, so that names are checked before anything else and auth after that.
+ADMIN_TOKEN = "s3cret-token"
+NAMED = [
+    Case("name_uppercase", request("GET", "/api/slots/UPPER"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case("name_dotdot", request("GET", "/api/slots/..%2f..%2fetc"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case("name_dot", request("GET", "/api/slots/a.b"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case("name_33_chars", request("GET", "/api/slots/" + "a" * 33), 400, "slot.invalid_name", False, method=b"GET"),
+    Case("name_leading_dash", request("GET", "/api/slots/-a"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case("name_encoded_space", request("GET", "/api/slots/a%20b"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case(
+        "name_non_ascii",
+        b"GET /api/slots/\xc3\xa9 HTTP/1.1\r\nHost: t\r\n\r\n",
+        400,
+        "slot.invalid_name",
+        False,
+        method=b"GET",
+    ),
+    Case("name_checked_before_auth", request("POST", "/api/slots/BAD/load"), 400, "slot.invalid_name", False),
+    Case("admin_without_token", request("POST", "/api/slots/primary/load"), 401, "auth.required", False),
+    Case(
+        "admin_wrong_token",
+        request("POST", "/api/slots/primary/load", headers=[("Authorization", "Bearer nope")]),
+        403,
+        "auth.forbidden",
+        False,
+    ),
+    Case(
+        "admin_wrong_method",
+        request("DELETE", "/api/slots/primary"),
+        405,
+        "request.method_not_allowed",
+        False,
+        method=b"DELETE",
+    ),
+    Case(
+        "admin_get_on_action",
+        request("GET", "/api/slots/primary/load"),
+        405,
+        "request.method_not_allowed",
+        False,
+        method=b"GET",
+    ),
+    Case("admin_unknown_slot", request("GET", "/api/slots/nope"), 404, "slot.not_found", False, method=b"GET"),
+    Case("admin_deep_path", request("GET", "/api/slots/primary/x/y"), 404, "resource.not_found", False, method=b"GET"),
+]
+
+
+@pytest.fixture(scope="module")
+def named_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    token = tmp_path_factory.mktemp("admin") / "token"
+    token.write_text(ADMIN_TOKEN)
+    emulator = start_emulator()
+    config = f'admin_token_file = "{token}"\n[[slot]]\nname = "primary"\nmodel = "Qwen3-0.6B-GGUF"\n'
+    proxy = start_proxy(emulator.base_url, config)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        emulator.stop()
+
+
+@pytest.mark.parametrize("case", NAMED, ids=[c.id for c in NAMED])
+def test_hostile_names_and_admin_requests(named_rig: ProxyProcess, case: Case) -> None:
+    answer, conn = one_shot(named_rig.port, case.raw, case.method)
+    try:
+        assert answer.status == case.status, (answer.status, answer.body[:300])
+        error = answer.json()["error"]
+        assert error["code"] == case.code and error["message"], error
+        conn.send(request("GET", "/healthz"))  # the connection stays open and in step
+        assert conn.read_answer().status == 200
+    finally:
+        conn.close()
+    assert named_rig.slots()["primary"]["state"] != "error"  # nothing was loaded or broken by it
