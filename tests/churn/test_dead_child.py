@@ -102,3 +102,33 @@ def test_wait_mode_waits_for_the_reload_right_after_a_crash() -> None:
             assert tally.outcomes["200"] + tally.outcomes["done"] == 6, tally.summary()
         finally:
             proxy.stop()
+
+
+def test_child_dying_before_it_answers_is_retried_on_its_replacement() -> None:
+    """v10.7: the child accepted the request and died before a byte of the answer (the other
+    trigger besides a refused connect); nothing reached the client, so the request is retried
+    on the child lemond starts after the proxy's unload + load, and answered 200."""
+    import threading
+
+    with start_emulator(lemond_version="10.7", unload_pause_seconds=0.2) as emu:
+        proxy = start_proxy(emu.base_url, _config())
+        try:
+            assert wait_until(lambda: proxy.request("GET", "/readyz")[0] == 200, 20)
+            body = {"model": "alpha", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+            answers: list[tuple[int, bytes]] = []
+
+            def ask() -> None:
+                status, _, data = proxy.request("POST", "/v1/chat/completions", body, {"X-Emu-Stall": "0,3"})
+                answers.append((status, data))
+
+            waiter = threading.Thread(target=ask)
+            waiter.start()
+            time.sleep(1.0)  # the request sits in the child, unanswered
+            status, crashed = emu.post("/_emu/crash", {"model_name": MODEL})
+            assert status == 200
+            waiter.join(30)
+            assert answers and answers[0][0] == 200, answers
+            assert _unload_calls(emu.log_text()) == 1
+            assert emu.loaded()[MODEL]["pid"] != crashed["pid"]
+        finally:
+            proxy.stop()
