@@ -266,10 +266,14 @@ class LemondAdapter:
 
     async def _heartbeat_loop(self) -> None:
         assert self._wake is not None
-        while True:
+        # ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11 ``wait_for`` loses a
+        # cancellation that lands as the wait completes (a log-stream drop wakes the loop at
+        # the moment ``stop`` cancels it), and the loop would then poll for ever.
+        while self._heartbeat is not None:
             interval = self.heartbeat_s if self.ws_connected else self.poll_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             want = max(time.monotonic() - self.refresh_ttl_s, self._want)
             try:

@@ -171,7 +171,8 @@ class WebSocketClient:
 
     async def _fill(self) -> None:
         try:
-            data = await asyncio.wait_for(self._reader.read(READ_CHUNK), self._ping_interval)
+            async with asyncio.timeout(self._ping_interval):  # not wait_for: see adapter's heartbeat
+                data = await self._reader.read(READ_CHUNK)
         except TimeoutError:
             if self._ping_outstanding:
                 self._abort()
