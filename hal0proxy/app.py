@@ -76,14 +76,15 @@ def settings_from(config: Config) -> ProxySettings:
     )
 
 
-async def _wait_for_signal(on_reload: Callable[[], None] | None = None) -> None:
+def _install_signal_handlers(on_reload: Callable[[], None] | None = None) -> asyncio.Event:
+    """Installed before the proxy starts, so a SIGTERM during start-up is kept, not lost."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if on_reload is not None:
         loop.add_signal_handler(signal.SIGHUP, on_reload)
-    await stop.wait()
+    return stop
 
 
 class Proxy:
@@ -198,10 +199,6 @@ async def serve(
     reload_config: Callable[[], Config] | None = None,
 ) -> None:
     proxy = Proxy(config, static_routes)
-    await proxy.start()
-    host, _ = config.listen
-    target = f"static routes {static_routes}" if static_routes else f"lemond at {config.lemond_url}"
-    print(f"hal0proxy listening on http://{host}:{proxy.port} in front of {target}", flush=True)
 
     def on_reload() -> None:
         assert reload_config is not None
@@ -212,8 +209,13 @@ async def serve(
             return
         proxy.reload(loaded)
 
+    stop = _install_signal_handlers(on_reload if reload_config is not None else None)
     try:
-        await _wait_for_signal(on_reload if reload_config is not None else None)
+        await proxy.start()
+        host, _ = config.listen
+        target = f"static routes {static_routes}" if static_routes else f"lemond at {config.lemond_url}"
+        print(f"hal0proxy listening on http://{host}:{proxy.port} in front of {target}", flush=True)
+        await stop.wait()
     finally:
         await proxy.stop()
 
