@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from hal0proxy.config import Config
@@ -22,15 +22,16 @@ from hal0proxy.control.journal import Journal, event_fields
 from hal0proxy.control.pins import InFlightPins
 from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import Slot, SlotRegistry
+from hal0proxy.control.room import Room
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
-from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound, NotLoaded
+from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound
 from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelEvicted, ProcessCrashed
 from hal0proxy.proxy.classify import Classified
 from hal0proxy.proxy.routing import Lease
 from hal0proxy.slots import policy
 from hal0proxy.slots.derive import LOADED
-from hal0proxy.slots.signals import IdleTick, LoadError, LoadRequested, RequestFinished, RequestStarted, UnloadRequested
+from hal0proxy.slots.signals import LoadError, LoadRequested, RequestFinished, RequestStarted
 from hal0proxy.slots.state import SlotState
 
 log = logging.getLogger("hal0proxy.control")
@@ -68,7 +69,7 @@ class SlotLease:
             self._controller._finished(self._slot)
 
 
-class Controller(Recovery):
+class Controller(Recovery, Room):
     def __init__(
         self,
         config: Config,
@@ -363,94 +364,6 @@ class Controller(Recovery):
                 with contextlib.suppress(LemondError):
                     await self.adapter.refresh(newer_than=finished)
 
-    async def _make_room(self, slot: Slot, mtype: str) -> None:
-        health = self.adapter.last_health
-        if health is None:
-            # Without lemond's pool limits the proxy could not keep its LRU from choosing.
-            with contextlib.suppress(LemondError):
-                health = await self.adapter.refresh()
-        max_models = health.max_models.get(mtype, -1) if health is not None else -1
-        cfg = slot.config
-        deadline = self.clock() + (cfg.max_wait_s if cfg else self.config.policy.max_wait_s)
-        while True:
-            views = self._views_of_type(mtype)
-            action = policy.choose_room_victim(views, max_models, slot.model)
-            if action is None:
-                return
-            if isinstance(action, policy.UnloadAction):
-                assert action.model is not None
-                self.journal.publish(
-                    "slot.unloaded_for_room", victim=action.slot, model=action.model, for_model=slot.model
-                )
-                await self._unload_model(action.model, "room")
-                continue
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                raise LoadFailure(f"every {mtype} slot is serving; no room to load {slot.model}")
-            quiet = self._quiet
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(quiet.wait(), min(remaining, 1.0))
-
-    def _views_of_type(self, mtype: str) -> list[policy.SlotView]:
-        views: list[policy.SlotView] = []
-        seen: set[str] = set()
-        for slot in self.registry.all():
-            if slot.model in seen or self.registry.type_of(slot.model) != mtype:
-                continue
-            seen.add(slot.model)
-            status = slot.status
-            in_flight = self.registry.in_flight(slot.model)
-            if in_flight != status.in_flight:
-                status = replace(status, in_flight=in_flight)
-            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s, _pinned(slot)))
-        return views
-
-    async def _unload_model(self, model: str, reason: str) -> None:
-        self.registry.signal_model(model, UnloadRequested(), self.clock())
-        # Nothing new is dispatched to an unloading slot; let what is in flight finish first
-        # (room and idle victims are quiet already, so this only waits for admin unloads).
-        deadline = self.clock() + self.config.policy.max_wait_s
-        while self.registry.in_flight(model) and self.clock() < deadline:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._quiet.wait(), 1.0)
-        self.unloads_issued[reason] = self.unloads_issued.get(reason, 0) + 1
-        self.hooks.evicted(reason, "proxy")
-        self._proxy_unloads[model] = self.clock()
-        try:
-            await self.adapter.client.unload(model)
-        except NotLoaded:
-            self._proxy_unloads.pop(model, None)
-        finally:
-            # The eviction log line normally updates the route; do not depend on it arriving.
-            with contextlib.suppress(LemondError):
-                await self.adapter.refresh(newer_than=self.clock())
-
-    async def _idle_loop(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            now = self.clock()
-            for slot in self.registry.all():
-                self.registry.signal(slot, IdleTick(slot.idle_timeout_s), now)
-            slots = self.registry.all()
-            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s, _pinned(s)) for s in slots]
-            for action in policy.idle_unload_candidates(views, now):
-                found = self.registry.get(action.slot)
-                if found is None:
-                    continue
-                slot = found
-                if self.registry.in_flight(slot.model) or slot.model in self._loads:
-                    continue
-                idle_s = round(now - slot.status.quiet_since(), 3)
-                self.journal.publish(
-                    "slot.evicted_by_idle_policy",
-                    slot=slot.name,
-                    model=slot.model,
-                    idle_s=idle_s,
-                    reason=f"idle for {idle_s}s >= idle_timeout_s {slot.idle_timeout_s}",
-                )
-                with contextlib.suppress(LemondError):
-                    await self._unload_model(slot.model, "idle")
-
     # ------------------------------------------------------------------ internals: events
     def _on_event(self, event: LemondEvent) -> None:
         self._note_lemond_back(event)
@@ -492,8 +405,3 @@ class Controller(Recovery):
             port=status.port,
             message=status.message,
         )
-
-
-def _pinned(slot: Slot) -> bool:
-    """Configured ``pinned = true``: never idle-unloaded, never a room-making victim."""
-    return bool(slot.config and slot.config.pinned)

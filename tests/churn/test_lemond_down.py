@@ -38,7 +38,8 @@ def test_proxy_started_before_lemond_answers_503_then_connects_and_warms() -> No
         with start_emulator(port=port) as emu:
             # No restart of the proxy: it finds lemond, resyncs and warm-loads the slot.
             assert wait_until(lambda: proxy.request("GET", "/readyz")[0] == 200, 20), proxy.log_text()[-2000:]
-            assert MODEL in emu.loaded()
+            # /readyz follows the log (the child serves); lemond lists it once its load returns.
+            assert wait_until(lambda: MODEL in emu.loaded(), 10)
             for model in ("alpha", OTHER):
                 status, _, body = proxy.request("POST", "/v1/chat/completions", _chat(model))
                 assert status == 200, (model, body)
