@@ -60,9 +60,10 @@ class ClientConnection(Forwarding, asyncio.Protocol):
     # The forwarding layout is declared once, in Forwarding; these are the connection's own.
     __slots__ = ("_burst_handle", "_deadline", "_deadline_callback", "_ending", "_flow", "_local_stream", "_refused")
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._ctx = ctx
-        self._loop = asyncio.get_running_loop()
+        # Injectable so the protocol tier can drive timers with a clock of its own.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._peer_host: str | None = None
         self._reader = RequestReader(ctx.settings.max_header_bytes, ctx.settings.max_body_bytes, None)
