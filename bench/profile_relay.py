@@ -76,7 +76,19 @@ def main(argv: list[str] | None = None) -> int:
             script.write_text(_WRK_LUA % "fast")
             raw = log_dir / "profile.txt"
             record = subprocess.Popen(
-                [spy, "record", "--format", "raw", "--rate", "500", *NATIVE, "-o", str(raw), "--pid", str(proxy.popen.pid)],
+                [
+                    spy,
+                    "record",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "500",
+                    *NATIVE,
+                    "-o",
+                    str(raw),
+                    "--pid",
+                    str(proxy.popen.pid),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )

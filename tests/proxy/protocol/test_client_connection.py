@@ -227,3 +227,27 @@ async def test_flow_control_drain_waits_for_resume_writing() -> None:
     await asyncio.sleep(0)
     flow.release()  # the connection is gone: nobody waits for ever
     await asyncio.wait_for(waiter, 1.0)
+
+
+# -- what reaches the child ------------------------------------------------------------------
+
+
+def test_hop_by_hop_and_policy_headers_never_reach_the_child() -> None:
+    h = Harness(api_keys=("k1",))
+    extra = (
+        b"Connection: keep-alive, X-Private\r\nX-Private: secret\r\nKeep-Alive: timeout=5\r\n"
+        b"X-Conversation-Id: c1\r\nAuthorization: Bearer k1\r\nX-Trace: t1\r\n"
+    )
+    h.send(chat_request(extra=extra))
+    sent = bytes(h.child.buffer)
+    head = sent.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"x-trace: t1" in head and b"host: 127.0.0.1" in head
+    for gone in (b"x-private", b"keep-alive", b"connection", b"x-conversation-id", b"authorization"):
+        assert gone not in head, gone
+
+
+def test_the_conversation_id_is_forwarded_when_configured() -> None:
+    h = Harness(forward_conversation_id=True)
+    h.send(chat_request(extra=b"X-Conversation-Id: c1\r\nAuthorization: Bearer child-key\r\n"))
+    head = bytes(h.child.buffer).split(b"\r\n\r\n", 1)[0].lower()
+    assert b"x-conversation-id: c1" in head and b"authorization: bearer child-key" in head
