@@ -154,7 +154,27 @@ def _start_fast_child(name: str, log_dir: Path, tokens_per_second: float) -> tup
     return proc, port
 
 
-def measure(plan: RelayPlan, log_dir: Path) -> dict[str, object]:
+def _start_baseline(rev: str, log_dir: Path, routes: dict[str, int]) -> tuple[Proc, int]:
+    """hal0proxy as of git revision ``rev`` (exported to a temporary directory), same command line."""
+    tree = log_dir / "baseline"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "hal0proxy"], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    port = free_port()
+    argv = [sys.executable, "-P", "-m", "hal0proxy", "serve", "--listen", f"127.0.0.1:{port}"]
+    for model, child_port in routes.items():
+        argv += ["--static-route", f"{model}={child_port}"]
+    # -P and PYTHONPATH: the exported tree, not the working copy, provides the package
+    proc = Proc("hal0proxy-base", argv, log_dir, env={"PYTHONPATH": str(tree)})
+    try:
+        wait_ready(proc, port, next(iter(routes)))
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, port
+
+
+def measure(plan: RelayPlan, log_dir: Path, baseline: str | None = None) -> dict[str, object]:
     """Start the children and relays, measure every round, stop everything."""
     procs: list[Proc] = []
     load_before = os.getloadavg()
@@ -173,6 +193,10 @@ def measure(plan: RelayPlan, log_dir: Path) -> dict[str, object]:
                 proxy, port = start_proxy("hal0proxy", log_dir, children)
                 procs.append(proxy)
                 targets.append(Target("hal0proxy", {m: port for m in children}, proxy))
+            elif name == "hal0proxy-base" and baseline is not None:
+                base, port = _start_baseline(baseline, log_dir, children)
+                procs.append(base)
+                targets.append(Target(name, {m: port for m in children}, base))
             elif name == "nginx":
                 nginx, ports = start_nginx(log_dir, children)
                 procs.append(nginx)
@@ -278,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short round, direct and hal0proxy only; prints only")
     parser.add_argument("--targets", default=None, help="comma list of direct,hal0proxy,nginx")
+    parser.add_argument(
+        "--baseline", default=None, help="git revision: also measure hal0proxy as of it (target hal0proxy-base)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -291,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         print("nginx not installed: measuring without it (bench/install_tools.sh)", file=sys.stderr)
         kept = tuple(t for t in plan.targets if t != "nginx")
         plan = RelayPlan(plan.rounds, plan.seconds, plan.sse_streams, plan.sse_seconds, kept)
+    if args.baseline and "hal0proxy-base" not in plan.targets:
+        with_base = (*plan.targets[:1], "hal0proxy-base", *plan.targets[1:])
+        plan = RelayPlan(plan.rounds, plan.seconds, plan.sse_streams, plan.sse_seconds, with_base)
     log_dir = Path(tempfile.mkdtemp(prefix="hal0relay-"))
     try:
-        results = measure(plan, log_dir)
+        results = measure(plan, log_dir, args.baseline)
     except BaseException:
         print(f"relay benchmark failed; process logs kept in {log_dir}", file=sys.stderr)
         raise
