@@ -1,50 +1,80 @@
 """Every Prometheus metric, defined once (prefix ``hal0proxy_``, base units).
 
-Hot-path cost is one labelled counter increment and two histogram observations per
-*request*, never per chunk: chunk counts, connection counts and control-plane counters are
-plain integers read by a collector at scrape time.
+Hot-path cost is one dictionary lookup, one integer increment and two bisects per *request*,
+never per chunk: request counts and latency histograms are plain numbers here, and chunk
+counts, connection counts and control-plane state are read at scrape time into a plain
+``StatsSnapshot``. The module imports nothing above ``slots`` (the composition root hands it
+the objects to read, and ``snapshot_of`` reads them structurally).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from hal0proxy.slots.state import SlotState
 
-if TYPE_CHECKING:
-    from hal0proxy.control.controller import Controller
-    from hal0proxy.lemond.routes import StableTiming
-    from hal0proxy.proxy.context import DataPlaneStats
-
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CONTROL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_BUCKET_LABELS = (*(floatToGoString(b) for b in _LATENCY_BUCKETS), "+Inf")
+
+
+class _PlainHistogram:
+    """One label set's histogram as plain numbers: a bisect and two additions per observation.
+
+    prometheus-client's ``Histogram.observe`` takes a lock and walks every bucket; the proxy
+    observes from one thread, so the counts are kept here and exported at scrape time.
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal")
+        self.counts[bisect_left(_LATENCY_BUCKETS, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        out = []
+        for label, count in zip(_BUCKET_LABELS, self.counts, strict=True):
+            running += count
+            out.append((label, float(running)))
+        return out
+
+
+class _RequestSeries:
+    """Per-request numbers of one ``(slot, status)``: the count and the two histograms' children."""
+
+    __slots__ = ("count", "duration", "ttfb")
+
+    def __init__(self, duration: _PlainHistogram, ttfb: _PlainHistogram) -> None:
+        self.count = 0
+        self.duration = duration
+        self.ttfb = ttfb
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "hal0proxy_requests", "Requests answered, by slot and HTTP status", ["slot", "code"], registry=r
-        )
-        self.duration = Histogram(
-            "hal0proxy_request_duration_seconds", "Request duration", ["slot"], buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.ttfb = Histogram(
-            "hal0proxy_time_to_first_byte_seconds",
-            "Time from a complete request to the child's response head",
-            ["slot"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_unavailable = Counter(
-            "hal0proxy_dispatch_upstream_unavailable", "502 dispatch.upstream_unavailable answers", registry=r
-        )
+        # Requests, durations and TTFB are counted as plain numbers on the hot path and
+        # exported by this collector under the same names and types as before.
+        self._series: dict[tuple[str | None, int], _RequestSeries] = {}
+        self._durations: dict[str, _PlainHistogram] = {}
+        self._ttfbs: dict[str, _PlainHistogram] = {}
+        self.upstream_unavailable_count = 0
+        r.register(_RequestCollector(self))
         self.load_seconds = Histogram(
             "hal0proxy_lemond_load_seconds",
             "Latency of /v1/load calls",
@@ -68,91 +98,208 @@ class Metrics:
         self.evictions = Counter(
             "hal0proxy_evictions", "Model evictions by reason and initiator", ["reason", "initiator"], registry=r
         )
-        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
         self._collector: _StateCollector | None = None
 
     # -- hot path ---------------------------------------------------------------------------
     def observe_request(self, slot: str | None, status: int, seconds: float, ttfb: float | None) -> None:
-        key = (slot or "-", status)
-        children = self._children.get(key)
-        if children is None:
-            label = key[0]
-            children = (self.requests.labels(label, str(status)), self.duration.labels(label), self.ttfb.labels(label))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        series = self._series.get((slot, status))
+        if series is None:
+            series = self._new_series(slot, status)
+        series.count += 1
+        series.duration.observe(seconds)
         if ttfb is not None:
-            children[2].observe(ttfb)
+            series.ttfb.observe(ttfb)
         if status == 502:
-            self.upstream_unavailable.inc()
+            self.upstream_unavailable_count += 1
+
+    def _new_series(self, slot: str | None, status: int) -> _RequestSeries:
+        label = slot or "-"
+        duration = self._durations.setdefault(label, _PlainHistogram())
+        ttfb = self._ttfbs.setdefault(label, _PlainHistogram())
+        series = self._series[(slot, status)] = _RequestSeries(duration, ttfb)
+        return series
+
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """``(slot label, status) -> requests`` as exported (``-`` for requests without a slot)."""
+        out: dict[tuple[str, str], int] = {}
+        for (slot, status), series in self._series.items():
+            key = (slot or "-", str(status))
+            out[key] = out.get(key, 0) + series.count
+        return out
 
     # -- control-plane hooks ---------------------------------------------------------------
-    def route_stable(self, timing: StableTiming) -> None:
+    def route_stable(self, timing: _Timed) -> None:
         self.route_stable_seconds.observe(max(0.0, timing.seconds))
 
-    def bind(self, controller: Controller, stats: DataPlaneStats) -> None:
+    def bind(self, controller: Any, stats: Any) -> None:
+        """Hook into the controller and read state at scrape time.
+
+        ``controller`` and ``stats`` are the composition root's objects; nothing here imports
+        their modules: ``snapshot_of`` reads them into a ``StatsSnapshot`` and the collector
+        only ever sees that plain data (``bind_snapshot`` takes any such source directly).
+        """
         controller.hooks.load_measured = lambda model, s: self.load_seconds.labels(model).observe(s)
         controller.hooks.recovered = lambda slot, s: self.recovery_seconds.labels(slot).observe(s)
         controller.hooks.evicted = lambda reason, initiator: self.evictions.labels(reason, initiator).inc()
-        self._collector = _StateCollector(controller, stats)
+        self.bind_snapshot(lambda: snapshot_of(controller, stats))
+
+    def bind_snapshot(self, source: Callable[[], StatsSnapshot]) -> None:
+        self._collector = _StateCollector(source)
         self.registry.register(self._collector)
 
     def render(self) -> tuple[bytes, bytes]:
         return CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
 
 
-class _StateCollector:
-    """Gauges and counters read at scrape time from state the proxy keeps anyway."""
+class _Timed(Protocol):
+    @property
+    def seconds(self) -> float: ...
 
-    def __init__(self, controller: Controller, stats: DataPlaneStats) -> None:
-        self.controller = controller
-        self.stats = stats
+
+@dataclass(frozen=True, slots=True)
+class SlotSnapshot:
+    name: str
+    state: SlotState
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Everything the scrape-time collector exports, as plain numbers."""
+
+    connections_open: int = 0
+    client_disconnects: int = 0
+    retries: int = 0
+    reroutes: int = 0
+    streams_interrupted: int = 0
+    chunks_relayed: int = 0
+    connections_refused: int = 0
+    upstream_bad_responses: int = 0
+    websocket_connected: bool = False
+    websocket_reconnects: int = 0
+    lemond_resyncs: int = 0
+    lemond_seq_gaps: int = 0
+    lemond_restarts: int = 0
+    loads_issued: int = 0
+    subscribers_dropped: int = 0
+    slots: tuple[SlotSnapshot, ...] = ()
+
+
+def snapshot_of(controller: Any, stats: Any) -> StatsSnapshot:
+    """Read the data plane's counters and the controller's state into a ``StatsSnapshot``.
+
+    Structural on purpose (duck-typed): the metrics module stays below the control plane.
+    """
+    adapter = controller.adapter
+    return StatsSnapshot(
+        connections_open=stats.connections_open,
+        client_disconnects=stats.client_disconnects,
+        retries=stats.retries,
+        reroutes=stats.reroutes,
+        streams_interrupted=stats.streams_interrupted,
+        chunks_relayed=stats.chunks_relayed,
+        connections_refused=stats.connections_refused,
+        upstream_bad_responses=stats.upstream_bad_responses,
+        websocket_connected=bool(adapter.ws_connected),
+        websocket_reconnects=adapter.stats.reconnects,
+        lemond_resyncs=adapter.stats.resyncs,
+        lemond_seq_gaps=adapter.stats.gaps,
+        lemond_restarts=adapter.stats.restarts,
+        loads_issued=controller.loads_issued,
+        subscribers_dropped=controller.journal.dropped_subscribers,
+        slots=tuple(
+            SlotSnapshot(slot.name, slot.status.state, slot.status.in_flight) for slot in controller.registry.all()
+        ),
+    )
+
+
+class _RequestCollector:
+    """``hal0proxy_requests``, ``..._request_duration_seconds`` and ``..._time_to_first_byte_seconds``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        stats, ctl = self.stats, self.controller
-        adapter = ctl.adapter
+        m = self.metrics
+        requests = CounterMetricFamily(
+            "hal0proxy_requests", "Requests answered, by slot and HTTP status", labels=["slot", "code"]
+        )
+        for (slot, code), count in sorted(m.request_counts().items()):
+            requests.add_metric([slot, code], count)
+        yield requests
+        yield _histogram_family("hal0proxy_request_duration_seconds", "Request duration", m._durations.items())
+        yield _histogram_family(
+            "hal0proxy_time_to_first_byte_seconds",
+            "Time from a complete request to the child's response head",
+            m._ttfbs.items(),
+        )
+        yield CounterMetricFamily(
+            "hal0proxy_dispatch_upstream_unavailable",
+            "502 dispatch.upstream_unavailable answers",
+            value=m.upstream_unavailable_count,
+        )
+
+
+def _histogram_family(name: str, doc: str, by_slot: Iterable[tuple[str, _PlainHistogram]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["slot"])
+    for slot, histogram in sorted(by_slot):
+        family.add_metric([slot], histogram.cumulative(), histogram.total)
+    return family
+
+
+class _StateCollector:
+    """Gauges and counters read at scrape time from a ``StatsSnapshot``."""
+
+    def __init__(self, source: Callable[[], StatsSnapshot]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.source()
         simple = (
-            ("connections_open", "Open client connections", stats.connections_open, GaugeMetricFamily),
-            ("client_disconnects", "Streams cut by the client", stats.client_disconnects, CounterMetricFamily),
-            ("upstream_retries", "Requests retried on a fresh child connection", stats.retries, CounterMetricFamily),
+            ("connections_open", "Open client connections", snap.connections_open, GaugeMetricFamily),
+            ("client_disconnects", "Streams cut by the client", snap.client_disconnects, CounterMetricFamily),
+            ("upstream_retries", "Requests retried on a fresh child connection", snap.retries, CounterMetricFamily),
             (
                 "route_reresolutions",
                 "Route re-resolutions after a failed child connect",
-                stats.reroutes,
+                snap.reroutes,
                 CounterMetricFamily,
             ),
-            ("streams_interrupted", "Responses the child cut short", stats.streams_interrupted, CounterMetricFamily),
-            ("streamed_chunks", "Chunks relayed from children", stats.chunks_relayed, CounterMetricFamily),
+            ("streams_interrupted", "Responses the child cut short", snap.streams_interrupted, CounterMetricFamily),
+            ("streamed_chunks", "Chunks relayed from children", snap.chunks_relayed, CounterMetricFamily),
             (
                 "connections_refused",
                 "Client connections refused past the connection cap",
-                stats.connections_refused,
+                snap.connections_refused,
                 CounterMetricFamily,
             ),
             (
                 "upstream_bad_responses",
                 "Child responses refused as invalid HTTP (answered 502)",
-                stats.upstream_bad_responses,
+                snap.upstream_bad_responses,
                 CounterMetricFamily,
             ),
             (
                 "websocket_connected",
                 "1 while the lemond log WebSocket is connected",
-                int(adapter.ws_connected),
+                int(snap.websocket_connected),
                 GaugeMetricFamily,
             ),
-            ("websocket_reconnects", "lemond log WebSocket reconnects", adapter.stats.reconnects, CounterMetricFamily),
-            ("lemond_resyncs", "/v1/health reconciliations applied", adapter.stats.resyncs, CounterMetricFamily),
-            ("lemond_seq_gaps", "Gaps in the lemond log sequence", adapter.stats.gaps, CounterMetricFamily),
-            ("lemond_restarts", "lemond restarts detected", adapter.stats.restarts, CounterMetricFamily),
-            ("lemond_loads_issued", "/v1/load calls issued by the proxy", ctl.loads_issued, CounterMetricFamily),
+            ("websocket_reconnects", "lemond log WebSocket reconnects", snap.websocket_reconnects, CounterMetricFamily),
+            ("lemond_resyncs", "/v1/health reconciliations applied", snap.lemond_resyncs, CounterMetricFamily),
+            ("lemond_seq_gaps", "Gaps in the lemond log sequence", snap.lemond_seq_gaps, CounterMetricFamily),
+            ("lemond_restarts", "lemond restarts detected", snap.lemond_restarts, CounterMetricFamily),
+            ("lemond_loads_issued", "/v1/load calls issued by the proxy", snap.loads_issued, CounterMetricFamily),
             (
                 "events_subscribers_dropped",
                 "Admin event subscribers dropped for being slow",
-                ctl.journal.dropped_subscribers,
+                snap.subscribers_dropped,
                 CounterMetricFamily,
             ),
         )
@@ -160,9 +307,9 @@ class _StateCollector:
             yield family(f"hal0proxy_{name}", doc, value=value)
         in_flight = GaugeMetricFamily("hal0proxy_in_flight", "Requests in flight per slot", labels=["slot"])
         state = GaugeMetricFamily("hal0proxy_slot_state", "Slot state (one-hot)", labels=["slot", "state"])
-        for slot in ctl.registry.all():
-            in_flight.add_metric([slot.name], slot.status.in_flight)
+        for slot in snap.slots:
+            in_flight.add_metric([slot.name], slot.in_flight)
             for s in SlotState:
-                state.add_metric([slot.name, str(s)], 1.0 if slot.status.state is s else 0.0)
+                state.add_metric([slot.name, str(s)], 1.0 if slot.state is s else 0.0)
         yield in_flight
         yield state

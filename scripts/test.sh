@@ -13,6 +13,8 @@ bash scripts/build_lemond.sh 10.7.0 >/dev/null
 bash scripts/install_prometheus.sh >/dev/null
 # Headless Chromium and chromedriver (Debian packages) for the status page's browser test.
 bash scripts/install_chromium.sh >/dev/null
+# wrk and nginx (Debian packages): the relay benchmark's load generator and peer.
+bash bench/install_tools.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/pytest -q -p no:cacheprovider "$@"

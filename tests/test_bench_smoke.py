@@ -112,3 +112,39 @@ def test_content_length_responses_and_percentiles() -> None:
     assert percentile(list(range(1, 101)), 99) == 99
     summary = summarize([1000, 2000, 3000])
     assert summary["n"] == 3 and summary["p50_us"] == 2.0 and summary["max_us"] == 3.0
+
+
+def test_relay_quick_run_measures_every_row(tmp_path: Path) -> None:
+    """``bench.relay --quick``: the fast child, wrk and the load generator through hal0proxy."""
+    out = tmp_path / "relay.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.relay", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    targets = orjson.loads(out.read_bytes())["targets"]
+    assert set(targets) == {"direct", "hal0proxy"}
+    for name, rows in targets.items():
+        assert len(rows) == 1, (name, rows)
+        row = rows[0]
+        assert row["non2xx"] == 0 and row["sse_errors"] == 0, (name, row)
+        assert _finite_positive(row["c16_rps"]) and _finite_positive(row["c1_p50_us"]), (name, row)
+        assert row["sse_events"] > 0 and 0 < row["delay_p50_us"] <= row["delay_p99_us"], (name, row)
+    proxy = targets["hal0proxy"][0]
+    assert _finite_positive(proxy["cpu_us_per_req"]) and _finite_positive(proxy["cpu_us_per_event"])
+    assert "| 16 clients req/s (wrk -c16) |" in done.stdout.decode()
+
+
+def test_fast_child_events_carry_stamps_and_end_the_chunked_body() -> None:
+    from bench.fastchild import event_bytes
+
+    first = event_bytes(b'{"x":1,')
+    body = first + b"0\r\n\r\n"
+    payload = Dechunker().feed(body)
+    counter = EventCounter(stamps=True)
+    stamps = counter.feed(body)
+    assert payload.startswith(b'data: {"x":1,"emu_t_ns":') and payload.endswith(b"}\n\n")
+    assert counter.events == 1 and len(stamps) == 1 and stamps[0] > 0

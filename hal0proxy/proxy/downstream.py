@@ -28,6 +28,7 @@ from hal0proxy.http.headers import date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
 from hal0proxy.http.problems import BadResponse
 from hal0proxy.proxy.context import ProxyContext
+from hal0proxy.proxy.flow import FlowControl
 from hal0proxy.proxy.forwarding import Forwarding
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
 from hal0proxy.proxy.routing import Lease
@@ -43,6 +44,9 @@ _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # in one go stalled every other client for ~0.5 s).
 _BURST_REQUESTS = 32
 _REFUSAL_LOG_INTERVAL_S = 1.0
+# A connection timer that fires this close to its deadline counts as on time (uvloop's timers
+# have millisecond resolution).
+_TIMER_SLACK_S = 0.001
 # What an interrupted stream and an events subscriber receive when shutdown ends them.
 _SHUTDOWN_EVENT = encode_chunk(
     b'data: {"error":{"message":"the proxy is shutting down","type":"upstream_error",'
@@ -54,11 +58,12 @@ _last_refusal_log = 0.0
 
 class ClientConnection(Forwarding, asyncio.Protocol):
     # The forwarding layout is declared once, in Forwarding; these are the connection's own.
-    __slots__ = ("_burst_handle", "_ending", "_local_stream", "_refused")
+    __slots__ = ("_burst_handle", "_deadline", "_deadline_callback", "_ending", "_flow", "_local_stream", "_refused")
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._ctx = ctx
-        self._loop = asyncio.get_running_loop()
+        # Injectable so the protocol tier can drive timers with a clock of its own.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._peer_host: str | None = None
         self._reader = RequestReader(ctx.settings.max_header_bytes, ctx.settings.max_body_bytes, None)
@@ -66,13 +71,16 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._buffered = 0
         self._busy_reset()
         self._closed = False
-        self._paused_reading = False
+        self._flow = FlowControl()
         self._processing = False
-        self._write_paused = False
         self._reading_request = False
+        # One timer per connection, re-armed lazily: a request moves the deadline several
+        # times (408, 504 first byte, keep-alive) and only a move to an *earlier* time than the
+        # scheduled one needs a new timer; a later one is picked up when the timer fires.
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._deadline_callback: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._can_write: asyncio.Event | None = None
         self._refused = False  # accepted past the connection cap: answered 503 and closing
         self._burst_handle: asyncio.Handle | None = None
         self._local_stream = False  # answering with a local event stream (never ends by itself)
@@ -92,6 +100,15 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._status = 0
         self._started = 0.0
         self._ttfb = 0.0
+
+    @property
+    def _write_paused(self) -> bool:
+        """The client is not reading its answers (its write buffer is above the high-water mark)."""
+        return self._flow.write_paused
+
+    @_write_paused.setter
+    def _write_paused(self, paused: bool) -> None:
+        self._flow.write_paused = paused
 
     @property
     def busy(self) -> bool:
@@ -160,6 +177,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._refuse(settings.max_connections)
             return
         self._transport.set_write_buffer_limits(high=settings.write_high_water, low=settings.write_low_water)
+        self._flow.bind(self._transport)
         peer = transport.get_extra_info("peername")
         self._peer_host = peer[0] if isinstance(peer, tuple) else None
         self._reader.peer_host = self._peer_host
@@ -177,10 +195,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         if self._req is not None:
             # A request is in flight: pipelined bytes wait in the reader; bound how many.
             self._buffered += len(data)
-            if self._buffered > self._ctx.settings.pipeline_buffer_bytes and not self._paused_reading:
-                self._paused_reading = True
-                assert self._transport is not None
-                self._transport.pause_reading()
+            if self._buffered > self._ctx.settings.pipeline_buffer_bytes:
+                self._flow.pause_reading()
             return
         self._update_reading()
         self._process_events()
@@ -203,7 +219,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._burst_handle = None
         self._ctx.stats.connections_open -= 1
         self._ctx.connections.discard(self)
-        self._cancel_timer()
+        self._drop_timer()
         upstream = self._upstream
         if upstream is not None:
             # The client is gone: close the child connection now so it stops generating.
@@ -213,22 +229,13 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._release_lease()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._can_write is not None:
-            self._can_write.set()
+        self._flow.release()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        if self._upstream is not None:
-            self._upstream.pause_reading()
-        if self._can_write is not None:
-            self._can_write.clear()
+        self._flow.pause_writing(self._upstream)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._upstream is not None:
-            self._upstream.resume_reading()
-        if self._can_write is not None:
-            self._can_write.set()
+        self._flow.resume_writing(self._upstream)
         if self._req is None and not self._closed and not self._refused:
             # The client caught up with the answers already written: take its next requests.
             self._update_reading()
@@ -297,12 +304,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             or (self._req is not None and self._buffered > limit)
             or (self._req is None and self._write_paused)
         )
-        if hold != self._paused_reading and self._transport is not None and not self._closed:
-            self._paused_reading = hold
-            if hold:
-                self._transport.pause_reading()
-            else:
-                self._transport.resume_reading()
+        if hold != self._flow.read_paused and not self._closed:
+            self._flow.set_reading(hold)
 
     def _refuse(self, cap: int) -> None:
         global _last_refusal_log
@@ -380,8 +383,6 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         await self._stream_local(response)
 
     async def _stream_local(self, response: StreamResponse) -> None:
-        self._can_write = asyncio.Event()
-        self._can_write.set()
         self._status = response.status
         # An HTTP/1.0 client does not know chunked coding (RFC 9112 §6.1): it gets the body
         # delimited by the close of the connection instead.
@@ -401,8 +402,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
                 if self._closed or self._ending:
                     break
                 self._write(piece if plain else encode_chunk(piece))
-                if self._write_paused:
-                    await self._can_write.wait()
+                await self._flow.drain()
             else:
                 finished = True
                 if not plain:
@@ -414,7 +414,6 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._local_stream = False
             if response.on_close is not None:
                 response.on_close()
-            self._can_write = None
             self._task = None
         if self._ending and not finished and not self._closed:
             # Shutdown ends the subscription: a final event, then a proper end of the body.
@@ -483,14 +482,37 @@ class ClientConnection(Forwarding, asyncio.Protocol):
 
     # ------------------------------------------------------------------ timers and I/O helpers
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(delay, callback)
+        """Call ``callback`` in ``delay`` seconds unless re-armed or cancelled before."""
+        deadline = self._loop.time() + delay
+        self._deadline = deadline
+        self._deadline_callback = callback
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return  # fires in time; _on_timer moves it on to the new deadline
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
+        # The scheduled timer stays: it finds no callback, or a later deadline, when it fires.
+        self._deadline_callback = None
+
+    def _drop_timer(self) -> None:
+        self._deadline_callback = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        callback = self._deadline_callback
+        if callback is None or self._closed:
+            return
+        if self._deadline - self._loop.time() > _TIMER_SLACK_S:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._deadline_callback = None
+        callback()
 
     def _on_idle_timeout(self) -> None:
         self._timer = None

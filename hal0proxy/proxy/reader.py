@@ -121,6 +121,9 @@ class RequestReader:
             return self._next_from_h11()
         head = self._head
         if head is None:
+            if not self._buf and not self._more:
+                self._waiting_head = False
+                return None  # nothing of a next request yet (checked after every response)
             if self._more:
                 if self._waiting_head and not self._terminated and self.buffered_bytes <= self._max_header:
                     return None  # still no end of head in sight

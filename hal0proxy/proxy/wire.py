@@ -26,22 +26,34 @@ def check_api_key(req: HttpRequest, keys: tuple[str, ...]) -> None:
         raise ProxyError(403, "auth.forbidden", "the API key is not valid")
 
 
+def _request_drop(forward_conversation_id: bool, has_api_keys: bool) -> frozenset[bytes]:
+    drop = set(_REQUEST_DROP)
+    if not forward_conversation_id:
+        drop.add(b"x-conversation-id")  # it would switch llama-server into detached generation
+    if has_api_keys:
+        drop.add(b"authorization")  # the proxy's key is not the child's business
+    return frozenset(drop)
+
+
+# Every combination of the two settings that drop request headers, built once.
+_DROP_BY_POLICY = {(fwd, keys): _request_drop(fwd, keys) for fwd in (False, True) for keys in (False, True)}
+
+
 def upstream_request(req: HttpRequest, target: bytes, settings: ProxySettings) -> bytes:
     """The request as sent to the child: end-to-end headers only, re-framed with a length.
 
     Re-framing with our own Content-Length (the body is complete by now) means the child
     never sees the client's framing, so nothing the client sent can desynchronise it.
     """
-    drop = _REQUEST_DROP | connection_tokens(req.headers)
+    headers = req.headers
+    drop = _DROP_BY_POLICY[(settings.forward_conversation_id, bool(settings.api_keys))]
+    named = connection_tokens(headers)
+    if named:
+        drop = drop | named
     parts = [req.method, b" ", target, b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"]
-    for name, value in req.headers:
-        if name in drop:
-            continue
-        if name == b"x-conversation-id" and not settings.forward_conversation_id:
-            continue  # it would switch llama-server into detached generation
-        if name == b"authorization" and settings.api_keys:
-            continue  # the proxy's key is not the child's business
-        parts.append(name + b": " + value + b"\r\n")
+    for name, value in headers:
+        if name not in drop:
+            parts.append(name + b": " + value + b"\r\n")
     parts.append(b"content-length: %d\r\n\r\n" % len(req.body))
     parts.append(req.body)
     return b"".join(parts)

@@ -1,0 +1,174 @@
+"""Protocol-tier doubles: a transport that records, and a loop whose clock only moves when told.
+
+In the style of uvicorn's protocol tests: the connection under test is a plain
+``asyncio.Protocol``; feeding it bytes and moving the clock exercises its states and timers
+without sockets and without real sleeps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from hal0proxy.proxy.context import ProxyContext
+from hal0proxy.proxy.downstream import ClientConnection
+from hal0proxy.proxy.routing import StaticRouter
+from hal0proxy.proxy.settings import ProxySettings
+from hal0proxy.proxy.upstream import UpstreamConnection, UpstreamPool
+
+CHILD_PORT = 9
+
+
+class MockTransport:
+    """Records what is written and how reading was paused; never touches a socket."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.closing = False
+        self.aborted = False
+        self.read_paused = False
+        self.pause_calls = 0
+        self.resume_calls = 0
+        self.limits: tuple[int, int] | None = None
+
+    # writing
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "write after close"
+        self.buffer += data
+
+    def writelines(self, pieces: Any) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def take(self) -> bytes:
+        out = bytes(self.buffer)
+        self.buffer.clear()
+        return out
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = (high or 0, low or 0)
+
+    # reading
+    def pause_reading(self) -> None:
+        self.pause_calls += 1
+        self.read_paused = True
+
+    def resume_reading(self) -> None:
+        self.resume_calls += 1
+        self.read_paused = False
+
+    # lifetime
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+class MockTimer:
+    def __init__(self, loop: MockLoop, when: float, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self._loop = loop
+        self._when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def when(self) -> float:
+        return self._when
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class MockLoop:
+    """``time``/``call_at``/``call_later``/``call_soon`` on a clock moved by ``advance``.
+
+    ``create_task`` is refused: the paths under test here must not need a task (a task on
+    this path would be a regression of the synchronous fast path).
+    """
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._queue: list[tuple[float, int, MockTimer]] = []
+        self._order = itertools.count()
+        self.timers_created = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> MockTimer:
+        timer = MockTimer(self, when, callback, args)
+        self.timers_created += 1
+        heapq.heappush(self._queue, (when, next(self._order), timer))
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> MockTimer:
+        return self.call_at(self.now + delay, callback, *args)
+
+    def call_soon(self, callback: Callable[..., None], *args: Any) -> MockTimer:
+        return self.call_at(self.now, callback, *args)
+
+    def create_task(self, coro: Any) -> Any:
+        coro.close()
+        raise AssertionError("this path must not start a task")
+
+    def pending(self) -> int:
+        return sum(1 for _, _, timer in self._queue if not timer.cancelled)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, running every callback that falls due, in order."""
+        target = self.now + seconds
+        while self._queue and self._queue[0][0] <= target:
+            when, _, timer = heapq.heappop(self._queue)
+            if timer.cancelled:
+                continue
+            self.now = max(self.now, when)
+            timer.callback(*timer.args)
+        self.now = target
+
+
+class Harness:
+    """One client connection over a MockTransport, with a pooled child connection ready."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.loop = MockLoop()
+        self.settings = ProxySettings(**settings)
+        self.pool = UpstreamPool()
+        self.ctx = ProxyContext(router=StaticRouter({"m": CHILD_PORT}), pool=self.pool, settings=self.settings)
+        self.client = MockTransport()
+        self.conn = ClientConnection(self.ctx, loop=self.loop)  # type: ignore[arg-type]
+        self.conn.connection_made(self.client)  # type: ignore[arg-type]
+        self.child = MockTransport()
+        self.upstream = UpstreamConnection(self.pool, CHILD_PORT)
+        self.upstream.connection_made(self.child)  # type: ignore[arg-type]
+        self.pool.release(self.upstream)
+
+    def send(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+
+def chat_request(model: str = "m", *, stream: bool = False, extra: bytes = b"") -> bytes:
+    body = b'{"model":"%s","stream":%s,"messages":[]}' % (model.encode(), b"true" if stream else b"false")
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
+    )
+
+
+MODELS_REQUEST = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+JSON_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def event_chunk(i: int) -> bytes:
+    payload = b'data: {"i":%d}\n\n' % i
+    return b"%x\r\n%b\r\n" % (len(payload), payload)
