@@ -183,7 +183,7 @@ class RealLemond:
         log = self.stdout_path.open("ab")
         # Own process group: on failure the group kill reaches the children too.
         self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
         )
         log.close()
         self.runs += 1
