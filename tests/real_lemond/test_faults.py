@@ -83,6 +83,7 @@ def serve_until_done(proxy: ProxyProcess, model: str, seconds: float = RECOVERY_
 
 
 def assert_recovered(outcomes: list[Outcome], proxy: ProxyProcess) -> None:
+    print(f"outcomes until served again: {dict(tally(outcomes))}")
     bad = [o for o in outcomes if not acceptable(o)]
     assert not bad, f"{tally(outcomes)}: {[(o.status, o.kind, o.body[-300:]) for o in bad]}"
     assert outcomes and outcomes[-1].kind == "done", f"not served again: {tally(outcomes)}"
@@ -115,6 +116,7 @@ def test_killed_child_mid_stream(lemond: RealLemond, proxy: ProxyProcess) -> Non
     time.sleep(0.15)
     os.kill(pid, signal.SIGKILL)
     streamer.join(90)
+    print(f"the stream cut by kill -9: {long[0].kind if long else None}")
     assert long and long[0].kind in ("done", "interrupted"), long
     assert_recovered(serve_until_done(proxy, "primary"), proxy)
 
@@ -145,6 +147,7 @@ def test_third_party_load_of_another_model(lemond: RealLemond, proxy: ProxyProce
     # Another client loads beta straight into lemond (max_loaded_models = 1).
     status, body = lemond.post("/v1/load", {"model_name": "beta"})
     streamer.join(90)
+    print(f"third-party /v1/load of beta: {status}; the proxied stream: {long[0].kind if long else None}")
     if lemond.version == "10.7.0":
         # v10.7.0 has no pins: its LRU evicts alpha, serving or not (SIGTERM, up to 5 s for the
         # busy child, then SIGKILL). The proxy cannot prevent that; the honest outcome is a stream
