@@ -22,6 +22,7 @@ The SLO: no 502, no silently truncated stream, no transport error, every non-200
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -49,6 +50,22 @@ CONFIG = (
     "hang_after_s = 1.5\nhang_probe_interval_s = 0.3\nhang_probe_timeout_s = 0.3\nhang_probe_failures = 2\n"
     + "".join(f'[[slot]]\nname = "{m}-slot"\nmodel = "{m}"\nwarm = true\n' for m in MODELS)
 )
+
+
+def error_code(outcome: Outcome) -> str:
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return str(json.loads(outcome.body)["error"]["code"])
+    return "?"
+
+
+def after_each_fault(schedule: list[tuple[float, str]], ended: list[tuple[float, str]]) -> dict[str, dict[str, int]]:
+    """Outcomes grouped by the last fault injected before each ended (for the report)."""
+    out: dict[str, Counter[str]] = {fault: Counter() for _, fault in schedule}
+    for at, kind in ended:
+        before = [fault for when, fault in schedule if when <= at]
+        if before:
+            out[before[-1]][kind] += 1
+    return {fault: dict(c) for fault, c in out.items()}
 
 
 def open_fds(pid: int) -> int:
@@ -103,15 +120,21 @@ def test_chaos_against_the_real_lemond(lemond: RealLemond) -> None:
             assert stream_chat(proxy.port, f"{model}-slot", max_tokens=8).kind == "done"
         fds_before = open_fds(proxy.proc.pid)
         outcomes: list[Outcome] = []
+        ended: list[tuple[float, str]] = []  # (when, outcome kind), to tell which fault caused what
         lock = threading.Lock()
-        stop_at = time.monotonic() + DURATION_S
+        stop = threading.Event()
 
         def client(i: int) -> None:
             mine: list[Outcome] = []
-            while time.monotonic() < stop_at:
+            when: list[tuple[float, str]] = []
+            while not stop.is_set():
                 mine.append(stream_chat(proxy.port, f"{MODELS[i % len(MODELS)]}-slot", max_tokens=60))
+                when.append((time.monotonic(), mine[-1].kind))
+                if mine[-1].kind == "error_status":
+                    time.sleep(0.2)  # as an SDK honouring Retry-After would, but shorter (as tests/churn)
             with lock:
                 outcomes.extend(mine)
+                ended.extend(when)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
         for t in threads:
@@ -119,10 +142,16 @@ def test_chaos_against_the_real_lemond(lemond: RealLemond) -> None:
         order = list(FAULTS)
         faults.rng.shuffle(order)
         injected: Counter[str] = Counter()
+        schedule: list[tuple[float, str]] = []
         gap = (DURATION_S - 3.0) / len(order)
         for fault in order:
             time.sleep(gap)
+            schedule.append((time.monotonic(), fault))
             injected[f"{fault}:{faults.inject(fault, faults.rng.choice(MODELS))}"] += 1
+        # Some faults take lemond seconds (a respawn of a busy child waits for it to end): the
+        # clients run until every fault is in and 3 s more, so each one meets traffic.
+        time.sleep(3.0)
+        stop.set()
         for t in threads:
             t.join(120)
         faults.resume()
@@ -130,8 +159,17 @@ def test_chaos_against_the_real_lemond(lemond: RealLemond) -> None:
         fds_after = open_fds(proxy.proc.pid)
         counts = tally(outcomes)
         bad = [o for o in outcomes if not acceptable(o)]
+        codes = Counter(error_code(o) for o in outcomes if o.kind == "error_status")
+        print("after each fault:", after_each_fault(schedule, ended))
+        refused = [at for at, kind in ended if kind == "error_status"]
+        if refused:
+            print(
+                f"503s from {refused[0] - schedule[0][0]:.2f} s to {refused[-1] - schedule[0][0]:.2f} s "
+                f"after the first fault; faults at {[(round(at - schedule[0][0], 2), f) for at, f in schedule]}"
+            )
         summary = (
-            f"lemond {lemond.version}: outcomes={dict(counts)} faults={dict(injected)} fds {fds_before}->{fds_after} "
+            f"lemond {lemond.version}: outcomes={dict(counts)} 503 codes={dict(codes)} faults={dict(injected)} "
+            f"fds {fds_before}->{fds_after} "
             f"bad={[(o.status, o.kind, o.body[-200:]) for o in bad[:5]]}"
         )
         print(summary)
