@@ -321,6 +321,7 @@ class Controller(Recovery, Room):
     async def _load(self, slot: Slot) -> None:
         model, mtype = slot.model, self.registry.type_of(slot.model)
         self._load_started[model] = self.clock()
+        await self._await_lemond_replacement(model)
         lock = self._type_locks.setdefault(mtype, asyncio.Lock())
         async with lock:  # one load per lemond pool at a time: room-making must not race itself
             route = self.adapter.routes.get(model)

@@ -156,6 +156,16 @@ class Recovery:
     def _lemond_retry_after(self) -> int:
         return max(1, round(self.adapter.poll_s * 2))
 
+    async def _await_lemond_replacement(self, model: str, poll_s: float = 0.05) -> None:
+        """lemond is respawning ``model`` with another client's options: wait for that load
+        instead of adding one. An unload now would be refused (404) once lemond's eviction
+        ends, and a load with the slot's own options would respawn the new child a second
+        time (lemond compares resolved options), cutting whatever it has started to serve.
+        Bounded, in case the log line that ends the respawn is lost."""
+        deadline = self.clock() + min(self.config.policy.load_timeout_s, 60.0)
+        while self.adapter.replacing(model) and self.clock() < deadline:
+            await asyncio.sleep(poll_s)
+
     async def _unload_dead(self, slot: Slot) -> None:
         """lemond still lists a dead child of this model (before v10.8 it never notices, and a
         ``/v1/load`` of it is a no-op): an explicit unload clears it so the load respawns."""

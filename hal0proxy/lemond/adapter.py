@@ -213,6 +213,11 @@ class LemondAdapter:
         self._publish(ProcessCrashed(model=model, pid=route.pid, cause=cause, observed_at=time.monotonic()))
         return True
 
+    def replacing(self, model: str) -> bool:
+        """True while lemond's log says it is respawning ``model`` with other options (a
+        client's ``/v1/load`` with a new ``ctx_size``): its load is already under way."""
+        return any(self.names.to_public(name) == model for name in self.correlator.replacing())
+
     def lists_dead_child(self, model: str) -> bool:
         """True while lemond's last ``/v1/health`` still lists a child the proxy found dead."""
         return model in self.dead_listed

@@ -136,6 +136,9 @@ class Correlator:
         self._crashed: set[str] = set()
         self._vram_pressure = False
         self._resync_hint = False
+        # Models lemond is replacing on its own (an option change: evict, then load again),
+        # from "Options changed" until the new child serves or the load fails.
+        self._replacing: set[str] = set()
 
     # -- queries ----------------------------------------------------------------------
 
@@ -151,6 +154,10 @@ class Correlator:
     def loading_model(self) -> str | None:
         """The model whose load is in progress, if any."""
         return self._load.model if self._load is not None else None
+
+    def replacing(self) -> frozenset[str]:
+        """Models lemond is respawning with other options right now (canonical names)."""
+        return frozenset(self._replacing)
 
     def take_resync_hint(self) -> bool:
         """True (once) when the log alone could not say where a model lives.
@@ -225,6 +232,7 @@ class Correlator:
                     self._drop_load_child(self._load)
             case OptionsChanged(model=model):
                 self._pending_reason[model] = EvictReason.MANUAL
+                self._replacing.add(model)
             # -- failures ---------------------------------------------------------------
             case ChildTerminated():
                 if self._load is not None:
@@ -339,6 +347,7 @@ class Correlator:
         if pid is not None:
             self._pids[pid] = model
         self._crashed.discard(model)
+        self._replacing.discard(model)
         emit(ModelLoaded(model=model, port=port, pid=pid))
         previous = self._last_port.get(model)
         self._last_port[model] = port
@@ -359,6 +368,7 @@ class Correlator:
 
     def _fail(self, model: str | None, reason: str, emit: _Emitter) -> None:
         load = self._load
+        self._replacing.discard(model or (load.model if load is not None else ""))
         if load is not None and (model is None or model == load.model):
             self._load = None
             self._failed_model = load.model

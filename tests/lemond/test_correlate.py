@@ -482,6 +482,52 @@ I (Router) Model loaded successfully. Total loaded: 1
     ]
 
 
+def test_an_option_change_is_a_replacement_until_the_new_child_serves_or_fails() -> None:
+    corr = Correlator()
+    events(corr, _load_lines(Q4, 8001, 10, auto=False))
+    assert corr.replacing() == frozenset()
+    events(
+        corr,
+        log(f"""
+I (Server) Ensuring model loaded: {Q4} ctx_size=384
+I (Router) Options changed, reloading model: {Q4}
+I (Router) Evicting model: {Q4}
+"""),
+    )
+    assert corr.replacing() == {Q4}  # the busy child may take 5 s to go: lemond is on it
+    events(
+        corr,
+        log(f"""
+I (Router) Evicted model: {Q4}
+I (LlamaCpp) Loading model: {Q4}
+I (ProcessManager) Process started successfully, PID: 11
+"""),
+    )
+    assert corr.replacing() == {Q4}
+    events(
+        corr,
+        log("""
+I (WrappedServer) llama-server is ready!
+I (BackendWatchdog) Started watchdog for llama-server using http://127.0.0.1:8002/health (streaming=on, non_streaming=on)
+"""),
+    )
+    assert corr.replacing() == frozenset()
+    events(
+        corr,
+        log(f"""
+I (Router) Options changed, reloading model: {Q4}
+I (Router) Evicted model: {Q4}
+I (LlamaCpp) Loading model: {Q4}
+E (Router) Backend load failed: llama-server failed to start
+I (Router) Retry also failed: llama-server failed to start
+"""),
+    )
+    assert corr.replacing() == frozenset()
+    events(corr, log(f"I (Router) Options changed, reloading model: {Q4}"))
+    corr.reset()
+    assert corr.replacing() == frozenset()
+
+
 def test_v10_type_wording_and_v9_plain_lines() -> None:
     corr = resident((Q06, 8001, 1), (Q4, 8002, 2))
     got = events(

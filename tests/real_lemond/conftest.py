@@ -1,7 +1,8 @@
 """Fixtures for the tests against the real lemond: one lemond per module and version.
 
 A module picks its versions with ``VERSIONS`` (default: both) and its pool size with
-``MAX_LOADED_MODELS`` (default 1). Nothing is skipped when lemond is not built yet: the
+``MAX_LOADED_MODELS`` (default 1), the models in its ``extra_models_dir`` with
+``LEMOND_MODELS`` (default alpha and beta). Nothing is skipped when lemond is not built yet: the
 first fixture builds it (minutes), hence the module timeouts.
 
 At teardown every line the lemond wrote (all its runs) goes through the parser; a line the
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.real_lemond.lines import unexplained_lines
-from tests.support.real_lemond import SUPPORTED, RealLemond, start_real_lemond
+from tests.support.real_lemond import DEFAULT_MODELS, SUPPORTED, RealLemond, start_real_lemond
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -36,7 +37,8 @@ def assert_lines_understood(lem: RealLemond) -> None:
 @pytest.fixture(scope="module")
 def lemond(request: pytest.FixtureRequest, lemond_version: str) -> Iterator[RealLemond]:
     max_loaded = getattr(request.module, "MAX_LOADED_MODELS", 1)
-    lem = start_real_lemond(lemond_version, max_loaded_models=max_loaded)
+    models = getattr(request.module, "LEMOND_MODELS", DEFAULT_MODELS)
+    lem = start_real_lemond(lemond_version, max_loaded_models=max_loaded, models=models)
     with lem:
         yield lem
         lem.stop()

@@ -24,6 +24,12 @@ KNOWN_IRRELEVANT: tuple[tuple[str, str, str], ...] = (
     ("ModelManager", r"", "the model catalogue (discovery, registration): what exists, not what is loaded"),
     ("LlamaCpp", r"Using LlamaCpp Backend: ", "which backend flavour a spawn uses, not where it listens"),
     (
+        "ProcessManager",
+        r"(Process already exited; reaped PID \d+|Process PID \d+ (was already gone|is no longer an owned child))",
+        "said while terminating a child that is being unloaded: the unload lines (parsed) carry the state change",
+    ),
+    ("Server", r"Pin/unpin failed: ", "the answer to one /internal/pin call (the caller sees it too): no state change"),
+    (
         "Router",
         r"Unloading: ",
         "v10.7.0 names each model of an evict-all; the closing 'All models unloaded' line (parsed) drops them all",
