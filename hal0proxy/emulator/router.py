@@ -173,7 +173,9 @@ class Router:
                 log.log(
                     self.release.already_loaded_severity,
                     "Router",
-                    "Model already loaded, updating access time and pinned status",
+                    # v10.x had no pinning, so no "and pinned status" (router.cpp:265 in v10.7.0).
+                    "Model already loaded, updating access time"
+                    + (" and pinned status" if self.release.at_least(11, 0) else ""),
                 )
                 existing.last_use_ms = _now_ms()
                 existing.pinned = pinned
