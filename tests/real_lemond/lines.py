@@ -24,6 +24,11 @@ KNOWN_IRRELEVANT: tuple[tuple[str, str, str], ...] = (
     ("ModelManager", r"", "the model catalogue (discovery, registration): what exists, not what is loaded"),
     ("LlamaCpp", r"Using LlamaCpp Backend: ", "which backend flavour a spawn uses, not where it listens"),
     (
+        "ProcessManager",
+        r"Process already exited; reaped PID ",
+        "the stop of a crashed child, right after the 'Pruning unavailable backend' line (parsed) for it",
+    ),
+    (
         "Router",
         r"Unloading: ",
         "v10.7.0 names each model of an evict-all; the closing 'All models unloaded' line (parsed) drops them all",
