@@ -115,6 +115,12 @@ class LemondApi:
             return None
         if response.status >= 400:
             self.logs.error("Server", f"Error {response.status}: {request.method} {request.path}")
+        if response.status == 400:  # server.cpp's error handler adds this line for every 400
+            self.logs.error(
+                "Server",
+                f"400 Bad Request details - Body length: {len(request.body)}, "
+                f"Content-Type: {request.header('content-type')}",
+            )
         if log_request and (sub not in _NO_STATUS_LINE or request.method != "GET"):
             self.logs.debug("Server", f"{request.method} {request.path} - {response.status}")
         return response
@@ -218,6 +224,10 @@ class LemondApi:
         if not isinstance(name, str) or not name:
             err = views.error_envelope("invalid_request", "model_name is required", "")
             return _json(400, err)
+        if name not in self.router.catalog:
+            # lemond checks the model before it logs anything about loading it.
+            self.logs.error("Server", f"Model not found: {name}")
+            return _json(404, views.error_envelope("model_not_found", self.router.not_found_message(name), name))
         options = {k: v for k, v in body.items() if k != "model_name"}
         opts = ", ".join(f"{k}={v}" for k, v in options.items())
         self.logs.info("Server", f"Ensuring model loaded: {name} {opts}")

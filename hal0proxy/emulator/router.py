@@ -143,11 +143,11 @@ class Router:
         model = self.catalog.get(name)
         self.load_requests[name] += 1
         if model is None:
-            raise LoadError(404, "model_not_found", self._not_found_message(name))
+            raise LoadError(404, "model_not_found", self.not_found_message(name))
         async with self.lock:
             return await self._load_locked(model, request)
 
-    def _not_found_message(self, name: str) -> str:
+    def not_found_message(self, name: str) -> str:
         names = sorted(self.catalog)
         shown = ", ".join(f"'{n}'" for n in names[:3])
         more = f", and {len(names) - 3} more" if len(names) > 3 else ""
@@ -173,7 +173,9 @@ class Router:
                 log.log(
                     self.release.already_loaded_severity,
                     "Router",
-                    "Model already loaded, updating access time and pinned status",
+                    # v10.x had no pinning, so no "and pinned status" (router.cpp:265 in v10.7.0).
+                    "Model already loaded, updating access time"
+                    + (" and pinned status" if self.release.at_least(11, 0) else ""),
                 )
                 existing.last_use_ms = _now_ms()
                 existing.pinned = pinned
@@ -330,6 +332,8 @@ class Router:
         log.info("ProcessManager", "Process terminated, waiting for GPU driver cleanup...")
         self.backends.pop(backend.name, None)
         await asyncio.sleep(self.config.unload_pause_s)
+        # The backend's destructor calls unload() again, after the cleanup pause.
+        log.info("LlamaCpp", "Unloading model...")
         log.info("Router", f"Evicted model: {backend.name}")
 
     async def prune(self, backend: Backend) -> None:
@@ -341,6 +345,7 @@ class Router:
         backend.child.reap()
         backend.child.close_pipe()
         self.backends.pop(backend.name, None)
+        log.info("LlamaCpp", "Unloading model...")  # the destructor's unload()
         log.info("Router", f"Evicted model: {backend.name}")
 
     async def evict_all(self) -> None:

@@ -37,6 +37,12 @@ ENTRY_KEYS = {
 }  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def nothing_loaded(lemond: RealLemond) -> None:
+    """Each test starts from an empty pool, whatever the previous one left behind."""
+    lemond.post("/v1/unload", {})
+
+
 async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

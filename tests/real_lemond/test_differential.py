@@ -38,10 +38,56 @@ MODELS = ("alpha", "beta")
 
 # Log lines that only one side writes, each with the reason the emulator does not (or cannot)
 # match it. ``side`` is "real" or "emulator"; the regex is matched against the normalised line.
-KNOWN_LINE_DIFFERENCES: tuple[tuple[str, str, str], ...] = ()
+KNOWN_LINE_DIFFERENCES: tuple[tuple[str, str, str], ...] = (
+    (
+        "real",
+        r"^\[Info\] \(ModelManager\) ",
+        "the model catalogue report; lemond builds it lazily, so it can land inside the scenario's window",
+    ),
+    (
+        "real",
+        r"^\[Error\] \(Server\) Failed to load model: \[json\.exception",
+        "v10.7.0 also logs nlohmann's parse exception for a bad /v1/load body; its exact text is the JSON "
+        "library's, which the emulator does not reproduce (known, not fixed)",
+    ),
+    (
+        "real",
+        r"^\[Info\] \(WebSocket\) New connection from: ",
+        "v10.7.0's separate WebSocket server logs each connection; not reproduced by the emulator (known, not fixed)",
+    ),
+    (
+        "emulator",
+        r"^\[Info\] \(Router\) Auto-tune ctx_size resolved to ",
+        "the emulator models lemond's default ctx_size = -1 (auto-tune on every load without ctx_size); the real "
+        "lemond here is configured with ctx_size = 512, and lemond auto-tunes only a ctx_size of -1",
+    ),
+)
+
+# The evict-all of v10.7.0 words its lines differently ("Unloading: X" per model, then "All models
+# evicted", no "Evicting model"/"Evicted model" pair). Known, not fixed: other tests drive the
+# emulator's 10.7 mode through evict-all and the proxy reads the closing "All models unloaded" line.
+KNOWN_LINE_DIFFERENCES_V10_7: tuple[tuple[str, str, str], ...] = (
+    ("real", r"^\[Info\] \(Router\) Unloading: ", "v10.7.0 evict-all wording (see above)"),
+    ("real", r"^\[Info\] \(Router\) All models evicted$", "v10.7.0 evict-all wording (see above)"),
+    ("emulator", r"^\[Info\] \(Router\) Evict(ing|ed) model: beta$", "the emulator's evict-all wording"),
+    ("emulator", r"^\[Info\] \(Router\) Evict all completed", "the emulator's evict-all wording"),
+)
+
+# v10.7.0 shapes the emulator does not reproduce (known, not fixed).
+KNOWN_SHAPE_DIFFERENCES_V10_7: dict[str, str] = {
+    "data.registry_source": "v10.7.0's /v1/models entries predate registry_source/source/update_available",
+    "data.source": "as above",
+    "data.update_available": "as above",
+    "400 empty body.error": "v10.7.0 answers a bad /v1/load body with an error object (code invalid_request, "
+    "nlohmann's message); the emulator answers the v11 string form",
+    "400 invalid json.error": "as above",
+}
 
 # JSON paths whose key set or value type may differ, with the reason.
-KNOWN_SHAPE_DIFFERENCES: dict[str, str] = {}
+KNOWN_SHAPE_DIFFERENCES: dict[str, str] = {
+    "recipe_options.llamacpp_args": "the real lemond omits llamacpp_args when no args are configured; the emulator "
+    "follows the SPEC fixture health_two_loaded.json, taken from an install that lists it as an empty string",
+}
 
 
 class Target(Protocol):
@@ -160,7 +206,12 @@ _SUBS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bPID:? \d+"), "PID <PID>"),
     (re.compile(r"\bport:? \d+"), "port <PORT>"),
     (re.compile(r"\b\d+ ?ms\b"), "<N>ms"),
+    # Log lines name a model from extra_models_dir by its internal key (extra.<name>), /v1/health by
+    # <name>; the emulator's catalog models are not extra_models_dir models.
     (re.compile(r"\bextra\.(alpha|beta)\b"), r"\1"),
+    # The backend flavour is configuration: "system" for the real lemond here (llama-server from
+    # PATH), the emulator names the flavour of the binary it starts ("cpu").
+    (re.compile(r"Using LlamaCpp Backend: \S+"), "Using LlamaCpp Backend: <BACKEND>"),
 )
 
 
@@ -174,34 +225,36 @@ def normalise(line: str) -> str | None:
     return text
 
 
-def comparable(lines: list[str], side: str) -> list[str]:
+def comparable(lines: list[str], side: str, version: str) -> list[str]:
+    known = KNOWN_LINE_DIFFERENCES + (KNOWN_LINE_DIFFERENCES_V10_7 if version == "10.7.0" else ())
     out = []
     for line in lines:
         norm = normalise(line)
         if norm is None:
             continue
-        if any(s == side and re.search(rx, norm) for s, rx, _ in KNOWN_LINE_DIFFERENCES):
+        if any(s == side and re.search(rx, norm) for s, rx, _ in known):
             continue
         out.append(norm)
     return out
 
 
-def shape_diffs(real: Any, emu: Any, where: str) -> list[str]:
+def shape_diffs(real: Any, emu: Any, where: str, known: dict[str, str] = KNOWN_SHAPE_DIFFERENCES) -> list[str]:
     """Key-set and value-type differences (numbers are one type; list items use the first)."""
-    if where in KNOWN_SHAPE_DIFFERENCES:
+    if where in known:
         return []
     if isinstance(real, dict) and isinstance(emu, dict):
         out = []
-        if set(real) != set(emu):
-            out.append(
-                f"{where}: keys real-only {sorted(set(real) - set(emu))} emulator-only {sorted(set(emu) - set(real))}"
-            )
+        tail = where.rsplit(".", 1)[-1].removesuffix("[]")
+        only_real = sorted(k for k in set(real) - set(emu) if f"{tail}.{k}" not in known)
+        only_emu = sorted(k for k in set(emu) - set(real) if f"{tail}.{k}" not in known)
+        if only_real or only_emu:
+            out.append(f"{where}: keys real-only {only_real} emulator-only {only_emu}")
         for key in sorted(set(real) & set(emu)):
-            out += shape_diffs(real[key], emu[key], f"{where}.{key}")
+            out += shape_diffs(real[key], emu[key], f"{where}.{key}", known)
         return out
     if isinstance(real, list) and isinstance(emu, list):
         if real and emu:
-            return shape_diffs(real[0], emu[0], f"{where}[]")
+            return shape_diffs(real[0], emu[0], f"{where}[]", known)
         return [] if not real and not emu else [f"{where}: list lengths {len(real)} vs {len(emu)}"]
     if _kind(real) != _kind(emu):
         return [f"{where}: real {_kind(real)} ({real!r:.80}) vs emulator {_kind(emu)} ({emu!r:.80})"]
@@ -224,7 +277,15 @@ def _kind(value: Any) -> str:
 def _catalog(tmp: Path) -> Path:
     path = tmp / "catalog.json"
     models = [
-        {"name": m, "type": "llm", "checkpoint": f"local/{m}-GGUF:F32", "labels": ["custom", "chat"], "ctx_size": 512}
+        {
+            "name": m,
+            "type": "llm",
+            "checkpoint": f"local/{m}-GGUF:F32",
+            "labels": ["custom", "chat"],
+            "ctx_size": 512,
+            # the tiny GGUF's context_length, which the real lemond reads from the file
+            "max_context_window": 4096,
+        }
         for m in MODELS
     ]
     path.write_text(json.dumps({"models": models}))
@@ -256,17 +317,18 @@ def test_status_codes_match(runs: tuple[Run, Run]) -> None:
     assert [p for p in pairs if p[1] != p[2]] == []
 
 
-def test_json_shapes_match(runs: tuple[Run, Run]) -> None:
+def test_json_shapes_match(runs: tuple[Run, Run], lemond_version: str) -> None:
     real, emu = runs
+    known = {**KNOWN_SHAPE_DIFFERENCES, **(KNOWN_SHAPE_DIFFERENCES_V10_7 if lemond_version == "10.7.0" else {})}
     diffs: list[str] = []
     for r, e in zip(real.steps, emu.steps, strict=True):
-        diffs += shape_diffs(r.body, e.body, r.name)
+        diffs += shape_diffs(r.body, e.body, r.name, known)
     for name in real.frames:
-        diffs += shape_diffs(real.frames[name], emu.frames[name], f"ws {name}")
-    assert diffs == []
+        diffs += shape_diffs(real.frames[name], emu.frames[name], f"ws {name}", known)
+    assert diffs == [], "\n".join(diffs)
 
 
-def test_log_lines_match(runs: tuple[Run, Run]) -> None:
+def test_log_lines_match(runs: tuple[Run, Run], lemond_version: str) -> None:
     real, emu = runs
-    a, b = comparable(real.lines, "real"), comparable(emu.lines, "emulator")
+    a, b = comparable(real.lines, "real", lemond_version), comparable(emu.lines, "emulator", lemond_version)
     assert a == b, "\n".join(difflib.unified_diff(a, b, "real", "emulator", lineterm="", n=1))
