@@ -364,6 +364,8 @@ class Correlator:
         self._try_loaded(load, emit)
         if not load.loaded_emitted:
             self._resync_hint = True
+        # Done, even when no line named the port (v10.7 at Info): /v1/health says where.
+        self._replacing.discard(load.model)
         self._load = None
 
     def _fail(self, model: str | None, reason: str, emit: _Emitter) -> None:

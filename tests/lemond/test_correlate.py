@@ -526,6 +526,20 @@ I (Router) Retry also failed: llama-server failed to start
     events(corr, log(f"I (Router) Options changed, reloading model: {Q4}"))
     corr.reset()
     assert corr.replacing() == frozenset()
+    # v10.7.0 at Info: no line names the new child's port, the load still ends the replacement.
+    events(
+        corr,
+        log(f"""
+I (Router) Options changed, reloading model: {Q4}
+I (Router) Evicted model: {Q4}
+I (LlamaCpp) Loading model: {Q4}
+I (ProcessManager) Process started successfully, PID: 12
+I (WrappedServer) llama-server is ready!
+"""),
+    )
+    assert corr.replacing() == {Q4}
+    events(corr, log("I (Router) Model loaded successfully. Total loaded: 1"))
+    assert corr.replacing() == frozenset()
 
 
 def test_v10_type_wording_and_v9_plain_lines() -> None:
