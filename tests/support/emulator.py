@@ -33,6 +33,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh loopback connection: (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
 def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
@@ -80,14 +99,7 @@ class EmulatorProcess:
         headers: dict[str, str] | None = None,
         timeout: float = 60.0,
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-        finally:
-            conn.close()
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def post(self, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
         raw = b"" if body is None else json.dumps(body).encode()

@@ -23,7 +23,6 @@ captured as bytes: lemond ends it with a NUL byte after ``Shutdown signal receiv
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ from typing import Any
 
 from hal0proxy.emulator.realbin import cache_dir, ensure_llama_server, tiny_model_path
 from hal0proxy.lemond.health import port_from_backend_url
-from tests.support.emulator import REPO, free_port, pid_alive, wait_until
+from tests.support.emulator import REPO, free_port, http_request, pid_alive, wait_until
 
 SUPPORTED = ("11.7.0", "10.7.0")
 DEFAULT_MODELS = ("alpha", "beta")
@@ -260,14 +259,7 @@ class RealLemond:
         headers: dict[str, str] | None = None,
         timeout: float = 60.0,
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-        finally:
-            conn.close()
+        return http_request(self.port, method, path, body, headers, timeout)
 
     def post(self, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
         raw = b"" if body is None else json.dumps(body).encode()
