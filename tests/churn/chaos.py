@@ -93,7 +93,11 @@ class Chaos:
         if fault == "third_party_load":
             return emu.post("/v1/load", {"model_name": THIRD})[0]  # 200 (an idle victim) or 409 (all serving)
         if fault == "kill_lemond":
-            emu.stop(sigkill=True)
+            # lemond and its children killed together, as the real-lemond chaos does (SIGKILL to
+            # the group). After a bare SIGKILL of lemond a busy real llama-server gets SIGTERM
+            # (PR_SET_PDEATHSIG) and stalls in its shutdown with streams open instead of exiting,
+            # with lemond as with the emulator; that case has its own tests.
+            emu.stop(sigkill=True, with_children=True)
             time.sleep(0.5)
             self.emu = start_emulator(
                 *self.emu_args,

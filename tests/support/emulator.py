@@ -56,6 +56,14 @@ def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
+def _children_of(pid: int) -> set[int]:
+    pids: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in task.read_text().split())
+    return pids
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     try:
@@ -133,10 +141,18 @@ class EmulatorProcess:
         with contextlib.suppress(Exception):
             self.state()
 
-    def stop(self, *, sigkill: bool = False) -> None:
-        """Stop the emulator and assert that all of its children died too."""
+    def stop(self, *, sigkill: bool = False, with_children: bool = False) -> None:
+        """Stop the emulator and assert that all of its children died too.
+
+        ``with_children``: SIGKILL the children at the same moment, as a service manager
+        killing lemond's whole group does.
+        """
         if self.proc.poll() is None:
             self._note_children()
+            if with_children:  # its own children only, read from /proc: never a reused pid
+                for pid in _children_of(self.proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             self.proc.send_signal(signal.SIGKILL if sigkill else signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
