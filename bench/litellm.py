@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.procs import Proc, free_port, wait_ready
+from bench.procs import Proc, free_port, start_ready
 
 __all__ = ["ensure_litellm", "litellm_config", "litellm_venv", "litellm_version", "start_litellm"]
 
@@ -110,11 +110,5 @@ def start_litellm(log_dir: Path, children: dict[str, int]) -> tuple[Proc, int]:
     config.write_text(litellm_config(children))
     port = free_port()
     argv = [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    proc = Proc("litellm", argv, log_dir, env=QUIET_ENV)
-    try:
-        for model in children:
-            wait_ready(proc, port, model, timeout=START_TIMEOUT)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    ready = [(port, model) for model in children]
+    return start_ready("litellm", argv, log_dir, ready, timeout=START_TIMEOUT, env=QUIET_ENV), port

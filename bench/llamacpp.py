@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from bench.procs import Proc, free_port, wait_ready
+from bench.procs import Proc, free_port, start_ready
 from hal0proxy.emulator.realbin import ensure_llama_server, tiny_model_path
 
 __all__ = ["MODEL", "llama_server_version", "router_supported", "start_llama_direct", "start_llama_router"]
@@ -67,10 +67,4 @@ def start_llama_router(log_dir: Path) -> tuple[Proc, int]:
 
 def _start_ready(name: str, argv: list[str], port: int, log_dir: Path) -> tuple[Proc, int]:
     """Start ``argv`` and return once it answers for ``MODEL``; never leave it behind on failure."""
-    proc = Proc(name, argv, log_dir)
-    try:
-        wait_ready(proc, port, MODEL, timeout=START_TIMEOUT)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return start_ready(name, argv, log_dir, [(port, MODEL)], timeout=START_TIMEOUT), port

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bench.procs import Proc, free_port, wait_ready
+from bench.procs import Proc, free_port, start_ready
 
 __all__ = ["nginx_binary", "nginx_config", "start_nginx"]
 
@@ -68,11 +68,5 @@ def start_nginx(log_dir: Path, children: dict[str, int]) -> tuple[Proc, dict[str
     ports = {model: free_port() for model in children}
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_config(workdir, {ports[m]: children[m] for m in children}))
-    proc = Proc("nginx", [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")], log_dir)
-    try:
-        for model, port in ports.items():
-            wait_ready(proc, port, model)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, ports
+    argv = [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+    return start_ready("nginx", argv, log_dir, [(port, model) for model, port in ports.items()]), ports

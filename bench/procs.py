@@ -121,19 +121,34 @@ def wait_ready(proc: Proc, port: int, model: str, timeout: float = 30.0) -> None
     raise RuntimeError(f"{proc.name} not ready on :{port} after {timeout}s ({last})\n{proc.log_tail()}")
 
 
+def start_ready(
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    ready: Sequence[tuple[int, str]],
+    *,
+    timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """Start ``argv`` and return once every ``(port, model)`` in ``ready`` answers a chat request;
+    never leave the process behind when it does not."""
+    proc = Proc(name, argv, log_dir, env=env)
+    try:
+        for port, model in ready:
+            wait_ready(proc, port, model, timeout=timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 def start_fake_child(
     name: str, log_dir: Path, *, tokens_per_second: float = 0.0, extra: Sequence[str] = ()
 ) -> tuple[Proc, int]:
     port = free_port()
     argv = [sys.executable, "-m", "hal0proxy.emulator.fake_llama_server", "--port", str(port)]
     argv += ["--alias", name, "--tokens-per-second", str(tokens_per_second), *extra]
-    proc = Proc(name, argv, log_dir)
-    try:
-        wait_ready(proc, port, name)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return start_ready(name, argv, log_dir, [(port, name)]), port
 
 
 def start_proxy(name: str, log_dir: Path, routes: dict[str, int]) -> tuple[Proc, int]:
@@ -144,13 +159,7 @@ def start_proxy(name: str, log_dir: Path, routes: dict[str, int]) -> tuple[Proc,
         argv = [sys.executable, "-m", "hal0proxy", "serve", "--listen", f"127.0.0.1:{port}"]
     for model, child_port in routes.items():
         argv += ["--static-route", f"{model}={child_port}"]
-    proc = Proc(name, argv, log_dir)
-    try:
-        wait_ready(proc, port, next(iter(routes)))
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return start_ready(name, argv, log_dir, [(port, next(iter(routes)))]), port
 
 
 def run_loadgen(argv: Sequence[str], timeout: float) -> dict[str, object]:

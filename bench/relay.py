@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 
 from bench.nginx import nginx_binary, start_nginx
-from bench.procs import REPO, Proc, free_port, run_loadgen, start_proxy, wait_ready
+from bench.procs import REPO, Proc, free_port, run_loadgen, start_proxy, start_ready
 
 __all__ = ["RelayPlan", "main", "measure", "parse_wrk", "render"]
 
@@ -145,13 +145,7 @@ def _measure_target(target: Target, plan: RelayPlan, scripts: dict[str, Path]) -
 def _start_fast_child(name: str, log_dir: Path, tokens_per_second: float) -> tuple[Proc, int]:
     port = free_port()
     argv = [sys.executable, "-m", "bench.fastchild", "--port", str(port), "--tokens-per-second", str(tokens_per_second)]
-    proc = Proc(name, argv, log_dir)
-    try:
-        wait_ready(proc, port, name)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return start_ready(name, argv, log_dir, [(port, name)]), port
 
 
 def _start_baseline(rev: str, log_dir: Path, routes: dict[str, int]) -> tuple[Proc, int]:
@@ -165,13 +159,9 @@ def _start_baseline(rev: str, log_dir: Path, routes: dict[str, int]) -> tuple[Pr
     for model, child_port in routes.items():
         argv += ["--static-route", f"{model}={child_port}"]
     # -P and PYTHONPATH: the exported tree, not the working copy, provides the package
-    proc = Proc("hal0proxy-base", argv, log_dir, env={"PYTHONPATH": str(tree)})
-    try:
-        wait_ready(proc, port, next(iter(routes)))
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    return start_ready(
+        "hal0proxy-base", argv, log_dir, [(port, next(iter(routes)))], env={"PYTHONPATH": str(tree)}
+    ), port
 
 
 def measure(plan: RelayPlan, log_dir: Path, baseline: str | None = None) -> dict[str, object]:
