@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -131,7 +131,7 @@ class Metrics:
     def route_stable(self, timing: _Timed) -> None:
         self.route_stable_seconds.observe(max(0.0, timing.seconds))
 
-    def bind(self, controller: Any, stats: Any) -> None:
+    def bind(self, controller: Any, stats: DataPlaneStats) -> None:
         """Hook into the controller and read state at scrape time.
 
         ``controller`` and ``stats`` are the composition root's objects; nothing here imports
@@ -163,9 +163,11 @@ class SlotSnapshot:
     in_flight: int
 
 
-@dataclass(frozen=True, slots=True)
-class StatsSnapshot:
-    """Everything the scrape-time collector exports, as plain numbers."""
+@dataclass(slots=True)
+class DataPlaneStats:
+    """Plain counters the data plane bumps on its hot path; metrics read them at scrape time.
+
+    Defined here, below the data plane, so a snapshot can carry a copy of them."""
 
     connections_open: int = 0
     client_disconnects: int = 0
@@ -173,8 +175,15 @@ class StatsSnapshot:
     reroutes: int = 0
     streams_interrupted: int = 0
     chunks_relayed: int = 0
-    connections_refused: int = 0
-    upstream_bad_responses: int = 0
+    connections_refused: int = 0  # past the connection cap (503 and close)
+    upstream_bad_responses: int = 0  # child responses refused as invalid HTTP (502)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Everything the scrape-time collector exports, as plain numbers."""
+
+    data_plane: DataPlaneStats = field(default_factory=DataPlaneStats)  # a copy, never the live counters
     websocket_connected: bool = False
     websocket_reconnects: int = 0
     lemond_resyncs: int = 0
@@ -185,21 +194,14 @@ class StatsSnapshot:
     slots: tuple[SlotSnapshot, ...] = ()
 
 
-def snapshot_of(controller: Any, stats: Any) -> StatsSnapshot:
+def snapshot_of(controller: Any, stats: DataPlaneStats) -> StatsSnapshot:
     """Read the data plane's counters and the controller's state into a ``StatsSnapshot``.
 
     Structural on purpose (duck-typed): the metrics module stays below the control plane.
     """
     adapter = controller.adapter
     return StatsSnapshot(
-        connections_open=stats.connections_open,
-        client_disconnects=stats.client_disconnects,
-        retries=stats.retries,
-        reroutes=stats.reroutes,
-        streams_interrupted=stats.streams_interrupted,
-        chunks_relayed=stats.chunks_relayed,
-        connections_refused=stats.connections_refused,
-        upstream_bad_responses=stats.upstream_bad_responses,
+        data_plane=replace(stats),
         websocket_connected=bool(adapter.ws_connected),
         websocket_reconnects=adapter.stats.reconnects,
         lemond_resyncs=adapter.stats.resyncs,
@@ -262,27 +264,42 @@ class _StateCollector:
     def collect(self) -> Iterator[Metric]:
         snap = self.source()
         simple = (
-            ("connections_open", "Open client connections", snap.connections_open, GaugeMetricFamily),
-            ("client_disconnects", "Streams cut by the client", snap.client_disconnects, CounterMetricFamily),
-            ("upstream_retries", "Requests retried on a fresh child connection", snap.retries, CounterMetricFamily),
+            ("connections_open", "Open client connections", snap.data_plane.connections_open, GaugeMetricFamily),
+            (
+                "client_disconnects",
+                "Streams cut by the client",
+                snap.data_plane.client_disconnects,
+                CounterMetricFamily,
+            ),
+            (
+                "upstream_retries",
+                "Requests retried on a fresh child connection",
+                snap.data_plane.retries,
+                CounterMetricFamily,
+            ),
             (
                 "route_reresolutions",
                 "Route re-resolutions after a failed child connect",
-                snap.reroutes,
+                snap.data_plane.reroutes,
                 CounterMetricFamily,
             ),
-            ("streams_interrupted", "Responses the child cut short", snap.streams_interrupted, CounterMetricFamily),
-            ("streamed_chunks", "Chunks relayed from children", snap.chunks_relayed, CounterMetricFamily),
+            (
+                "streams_interrupted",
+                "Responses the child cut short",
+                snap.data_plane.streams_interrupted,
+                CounterMetricFamily,
+            ),
+            ("streamed_chunks", "Chunks relayed from children", snap.data_plane.chunks_relayed, CounterMetricFamily),
             (
                 "connections_refused",
                 "Client connections refused past the connection cap",
-                snap.connections_refused,
+                snap.data_plane.connections_refused,
                 CounterMetricFamily,
             ),
             (
                 "upstream_bad_responses",
                 "Child responses refused as invalid HTTP (answered 502)",
-                snap.upstream_bad_responses,
+                snap.data_plane.upstream_bad_responses,
                 CounterMetricFamily,
             ),
             (
