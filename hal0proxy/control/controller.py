@@ -27,8 +27,8 @@ from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound
 from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelEvicted, ProcessCrashed
-from hal0proxy.proxy.classify import Classified
-from hal0proxy.proxy.routing import Lease
+from hal0proxy.routing.classify import Classified
+from hal0proxy.routing.contract import Lease
 from hal0proxy.slots import policy
 from hal0proxy.slots.derive import LOADED
 from hal0proxy.slots.signals import LoadError, LoadRequested, RequestFinished, RequestStarted

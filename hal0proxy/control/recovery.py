@@ -26,8 +26,8 @@ from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, NotLoaded
 from hal0proxy.lemond.events import LemondEvent, LemondRestarted, Resynced
-from hal0proxy.proxy.classify import Classified
-from hal0proxy.proxy.routing import Lease
+from hal0proxy.routing.classify import Classified
+from hal0proxy.routing.contract import Lease
 
 if TYPE_CHECKING:
     from hal0proxy.control.controller import SlotLease

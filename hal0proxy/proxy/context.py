@@ -8,7 +8,7 @@ from typing import Protocol
 
 from hal0proxy.http.messages import LocalHandler
 from hal0proxy.metrics import DataPlaneStats
-from hal0proxy.proxy.routing import Router
+from hal0proxy.routing.contract import Router
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
 

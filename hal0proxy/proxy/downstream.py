@@ -31,7 +31,7 @@ from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.flow import FlowControl
 from hal0proxy.proxy.forwarding import Forwarding
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
-from hal0proxy.proxy.routing import Lease
+from hal0proxy.routing.contract import Lease
 from hal0proxy.proxy.upstream import UpstreamConnection
 from hal0proxy.proxy.wire import check_api_key
 

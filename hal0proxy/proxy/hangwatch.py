@@ -25,7 +25,7 @@ from typing import Protocol, cast
 
 from hal0proxy.lemond.probe import probe_health
 from hal0proxy.proxy.context import ProxyContext
-from hal0proxy.proxy.routing import Lease
+from hal0proxy.routing.contract import Lease
 
 __all__ = ["HangSettings", "HangWatch", "Watched"]
 

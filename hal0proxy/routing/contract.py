@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hal0proxy.http.errors import ProxyError
-from hal0proxy.proxy.classify import Classified
+from hal0proxy.routing.classify import Classified
 
 
 class Lease(Protocol):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.hangwatch import HangSettings, HangWatch
-from hal0proxy.proxy.routing import Lease, StaticLease, StaticRouter
+from hal0proxy.routing.contract import Lease, StaticLease, StaticRouter
 from hal0proxy.proxy.upstream import UpstreamPool
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from hal0proxy.proxy.classify import Classified
+from hal0proxy.routing.classify import Classified
 from hal0proxy.proxy.context import ProxyContext
-from hal0proxy.proxy.routing import Lease, StaticLease, StaticRouter
+from hal0proxy.routing.contract import Lease, StaticLease, StaticRouter
 from hal0proxy.proxy.server import start_listener
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
