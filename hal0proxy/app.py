@@ -25,11 +25,11 @@ from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.metrics import Metrics
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.hangwatch import HangSettings, HangWatch
-from hal0proxy.routing.contract import Router, StaticRouter
 from hal0proxy.proxy.server import install_event_loop_policy, start_listener
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
 from hal0proxy.reload import plan_reload
+from hal0proxy.routing.contract import Router, StaticRouter
 
 log = logging.getLogger("hal0proxy")
 

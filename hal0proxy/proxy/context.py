@@ -8,9 +8,9 @@ from typing import Protocol
 
 from hal0proxy.http.messages import LocalHandler
 from hal0proxy.metrics import DataPlaneStats
-from hal0proxy.routing.contract import Router
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
+from hal0proxy.routing.contract import Router
 
 # (slot, status, seconds, time to first byte) once per answered request
 Observer = Callable[[str | None, int, float, float | None], None]

@@ -31,9 +31,9 @@ from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.flow import FlowControl
 from hal0proxy.proxy.forwarding import Forwarding
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
-from hal0proxy.routing.contract import Lease
 from hal0proxy.proxy.upstream import UpstreamConnection
 from hal0proxy.proxy.wire import check_api_key
+from hal0proxy.routing.contract import Lease
 
 log = logging.getLogger("hal0proxy.proxy")
 

@@ -17,10 +17,10 @@ from hal0proxy.http.errors import ProxyError
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
 from hal0proxy.http.messages import HttpRequest
 from hal0proxy.http.problems import BadResponse
-from hal0proxy.routing.classify import Classified, classify
-from hal0proxy.routing.contract import Lease
 from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, ResponseHead, UpstreamConnection
 from hal0proxy.proxy.wire import check_api_key, downstream_head, upstream_request
+from hal0proxy.routing.classify import Classified, classify
+from hal0proxy.routing.contract import Lease
 
 if TYPE_CHECKING:
     from hal0proxy.proxy.context import ProxyContext

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.hangwatch import HangSettings, HangWatch
-from hal0proxy.routing.contract import Lease, StaticLease, StaticRouter
 from hal0proxy.proxy.upstream import UpstreamPool
+from hal0proxy.routing.contract import Lease, StaticLease, StaticRouter
 
 
 @dataclass(eq=False)

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from hal0proxy.routing.classify import Classified
 from hal0proxy.proxy.context import ProxyContext
-from hal0proxy.routing.contract import Lease, StaticLease, StaticRouter
 from hal0proxy.proxy.server import start_listener
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamPool
+from hal0proxy.routing.classify import Classified
+from hal0proxy.routing.contract import Lease, StaticLease, StaticRouter
 from tests.proxy.upstream_stub import StubState, start_stub
 from tests.support.rawhttp import build_request, read_response, roundtrip
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.downstream import ClientConnection
-from hal0proxy.routing.contract import StaticRouter
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.upstream import UpstreamConnection, UpstreamPool
+from hal0proxy.routing.contract import StaticRouter
 
 CHILD_PORT = 9
 
