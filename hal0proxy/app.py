@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from hal0proxy.api.admin import AdminApi
 from hal0proxy.config import Config, ConfigError, SlotConfig, load_config
-from hal0proxy.control.controller import Controller
+from hal0proxy.control.controller import ControlHooks, Controller
 from hal0proxy.http.errors import ProxyError, json_response, simple_response
 from hal0proxy.http.messages import FullResponse, HttpRequest, LocalResponse
 from hal0proxy.lemond.adapter import LemondAdapter
@@ -104,6 +104,11 @@ class Proxy:
                 on_route_stable=self.metrics.route_stable,
             )
             self.controller = Controller(config, adapter)
+            self.controller.hooks = ControlHooks(
+                load_measured=self.metrics.observe_load,
+                recovered=self.metrics.observe_recovery,
+                evicted=self.metrics.count_eviction,
+            )
             router = self.controller
         settings = settings_from(config)
         self.ctx = ProxyContext(
@@ -124,7 +129,7 @@ class Proxy:
         )
         if self.controller is not None:
             self.ctx.local = AdminApi(self.controller, config.admin_token, metrics=self._render_metrics)
-            self.metrics.bind(self.controller, self.ctx.stats)
+            self.metrics.bind(self.controller.stats_snapshot, self.ctx.stats)
         else:
             self.ctx.local = self._static_ops
         self.server: asyncio.Server | None = None

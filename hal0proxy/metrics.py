@@ -3,8 +3,9 @@
 Hot-path cost is one dictionary lookup, one integer increment and two bisects per *request*,
 never per chunk: request counts and latency histograms are plain numbers here, and chunk
 counts, connection counts and control-plane state are read at scrape time into a plain
-``StatsSnapshot``. The module imports nothing above ``slots`` (the composition root hands it
-the objects to read, and ``snapshot_of`` reads them structurally).
+``StatsSnapshot``. The module imports nothing above ``slots``: the layers above hand it plain
+data (``DataPlaneStats``, ``ControlStats``) and call its ``observe_*`` methods, never the
+other way round.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -131,17 +132,21 @@ class Metrics:
     def route_stable(self, timing: _Timed) -> None:
         self.route_stable_seconds.observe(max(0.0, timing.seconds))
 
-    def bind(self, controller: Any, stats: DataPlaneStats) -> None:
-        """Hook into the controller and read state at scrape time.
+    def observe_load(self, model: str, seconds: float) -> None:
+        """One ``/v1/load`` call took ``seconds`` (the control plane's ``load_measured`` hook)."""
+        self.load_seconds.labels(model).observe(seconds)
 
-        ``controller`` and ``stats`` are the composition root's objects; nothing here imports
-        their modules: ``snapshot_of`` reads them into a ``StatsSnapshot`` and the collector
-        only ever sees that plain data (``bind_snapshot`` takes any such source directly).
-        """
-        controller.hooks.load_measured = lambda model, s: self.load_seconds.labels(model).observe(s)
-        controller.hooks.recovered = lambda slot, s: self.recovery_seconds.labels(slot).observe(s)
-        controller.hooks.evicted = lambda reason, initiator: self.evictions.labels(reason, initiator).inc()
-        self.bind_snapshot(lambda: snapshot_of(controller, stats))
+    def observe_recovery(self, slot: str, seconds: float) -> None:
+        """``slot`` was ready again ``seconds`` after an eviction or crash took it away."""
+        self.recovery_seconds.labels(slot).observe(seconds)
+
+    def count_eviction(self, reason: str, initiator: str) -> None:
+        self.evictions.labels(reason, initiator).inc()
+
+    def bind(self, control: Callable[[], ControlStats], data_plane: DataPlaneStats) -> None:
+        """Read state at scrape time: the control plane's plain ``ControlStats`` and a copy of
+        the data plane's counters, combined into one ``StatsSnapshot``."""
+        self.bind_snapshot(lambda: StatsSnapshot(replace(data_plane), control()))
 
     def bind_snapshot(self, source: Callable[[], StatsSnapshot]) -> None:
         self._collector = _StateCollector(source)
@@ -180,10 +185,9 @@ class DataPlaneStats:
 
 
 @dataclass(frozen=True, slots=True)
-class StatsSnapshot:
-    """Everything the scrape-time collector exports, as plain numbers."""
+class ControlStats:
+    """The control plane's numbers at one instant, as plain data (``Controller.stats_snapshot``)."""
 
-    data_plane: DataPlaneStats = field(default_factory=DataPlaneStats)  # a copy, never the live counters
     websocket_connected: bool = False
     websocket_reconnects: int = 0
     lemond_resyncs: int = 0
@@ -194,25 +198,12 @@ class StatsSnapshot:
     slots: tuple[SlotSnapshot, ...] = ()
 
 
-def snapshot_of(controller: Any, stats: DataPlaneStats) -> StatsSnapshot:
-    """Read the data plane's counters and the controller's state into a ``StatsSnapshot``.
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Everything the scrape-time collector exports, as plain numbers."""
 
-    Structural on purpose (duck-typed): the metrics module stays below the control plane.
-    """
-    adapter = controller.adapter
-    return StatsSnapshot(
-        data_plane=replace(stats),
-        websocket_connected=bool(adapter.ws_connected),
-        websocket_reconnects=adapter.stats.reconnects,
-        lemond_resyncs=adapter.stats.resyncs,
-        lemond_seq_gaps=adapter.stats.gaps,
-        lemond_restarts=adapter.stats.restarts,
-        loads_issued=controller.loads_issued,
-        subscribers_dropped=controller.journal.dropped_subscribers,
-        slots=tuple(
-            SlotSnapshot(slot.name, slot.status.state, slot.status.in_flight) for slot in controller.registry.all()
-        ),
-    )
+    data_plane: DataPlaneStats = field(default_factory=DataPlaneStats)  # a copy, never the live counters
+    control: ControlStats = field(default_factory=ControlStats)
 
 
 class _RequestCollector:
@@ -263,6 +254,7 @@ class _StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         snap = self.source()
+        control = snap.control
         simple = (
             ("connections_open", "Open client connections", snap.data_plane.connections_open, GaugeMetricFamily),
             (
@@ -305,18 +297,23 @@ class _StateCollector:
             (
                 "websocket_connected",
                 "1 while the lemond log WebSocket is connected",
-                int(snap.websocket_connected),
+                int(control.websocket_connected),
                 GaugeMetricFamily,
             ),
-            ("websocket_reconnects", "lemond log WebSocket reconnects", snap.websocket_reconnects, CounterMetricFamily),
-            ("lemond_resyncs", "/v1/health reconciliations applied", snap.lemond_resyncs, CounterMetricFamily),
-            ("lemond_seq_gaps", "Gaps in the lemond log sequence", snap.lemond_seq_gaps, CounterMetricFamily),
-            ("lemond_restarts", "lemond restarts detected", snap.lemond_restarts, CounterMetricFamily),
-            ("lemond_loads_issued", "/v1/load calls issued by the proxy", snap.loads_issued, CounterMetricFamily),
+            (
+                "websocket_reconnects",
+                "lemond log WebSocket reconnects",
+                control.websocket_reconnects,
+                CounterMetricFamily,
+            ),
+            ("lemond_resyncs", "/v1/health reconciliations applied", control.lemond_resyncs, CounterMetricFamily),
+            ("lemond_seq_gaps", "Gaps in the lemond log sequence", control.lemond_seq_gaps, CounterMetricFamily),
+            ("lemond_restarts", "lemond restarts detected", control.lemond_restarts, CounterMetricFamily),
+            ("lemond_loads_issued", "/v1/load calls issued by the proxy", control.loads_issued, CounterMetricFamily),
             (
                 "events_subscribers_dropped",
                 "Admin event subscribers dropped for being slow",
-                snap.subscribers_dropped,
+                control.subscribers_dropped,
                 CounterMetricFamily,
             ),
         )
@@ -324,7 +321,7 @@ class _StateCollector:
             yield family(f"hal0proxy_{name}", doc, value=value)
         in_flight = GaugeMetricFamily("hal0proxy_in_flight", "Requests in flight per slot", labels=["slot"])
         state = GaugeMetricFamily("hal0proxy_slot_state", "Slot state (one-hot)", labels=["slot", "state"])
-        for slot in snap.slots:
+        for slot in control.slots:
             in_flight.add_metric([slot.name], slot.in_flight)
             for s in SlotState:
                 state.add_metric([slot.name, str(s)], 1.0 if slot.state is s else 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from hal0proxy.metrics import _LATENCY_BUCKETS, DataPlaneStats, Metrics, SlotSnapshot, StatsSnapshot
+from hal0proxy.metrics import _LATENCY_BUCKETS, ControlStats, DataPlaneStats, Metrics, SlotSnapshot, StatsSnapshot
 from hal0proxy.slots.state import SlotState
 
 OBSERVATIONS = [
@@ -59,8 +59,7 @@ def test_state_collector_exports_a_plain_snapshot() -> None:
     metrics = Metrics()
     snapshot = StatsSnapshot(
         data_plane=DataPlaneStats(connections_open=3, chunks_relayed=41),
-        websocket_connected=True,
-        slots=(SlotSnapshot("primary", SlotState.READY, 2),),
+        control=ControlStats(websocket_connected=True, slots=(SlotSnapshot("primary", SlotState.READY, 2),)),
     )
     metrics.bind_snapshot(lambda: snapshot)
     text = metrics.render()[1].decode()

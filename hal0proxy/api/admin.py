@@ -149,7 +149,7 @@ def _json(status: int, payload: Any) -> FullResponse:
 def slot_json(slot: Slot, controller: Controller) -> dict[str, Any]:
     """hal0's ``/api/slots`` entry shape (reference/hal0.md §A.2), from derived state only."""
     status = slot.status
-    route = controller.adapter.routes.get(slot.model)
+    port = controller.serving_port(slot)
     loaded = status.state in LOADED
     entry: dict[str, Any] = {
         "name": slot.name,
@@ -175,6 +175,6 @@ def slot_json(slot: Slot, controller: Controller) -> dict[str, Any]:
             "error": status.error,
         },
     }
-    if route is not None and route.alive:
-        entry["backend_url"] = f"http://127.0.0.1:{route.port}/v1"
+    if port is not None:
+        entry["backend_url"] = f"http://127.0.0.1:{port}/v1"
     return entry

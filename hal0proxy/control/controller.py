@@ -14,31 +14,62 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hal0proxy.config import Config
 from hal0proxy.control.journal import Journal, event_fields
+from hal0proxy.control.loading import Loading
 from hal0proxy.control.pins import InFlightPins
-from hal0proxy.control.recovery import LoadFailure, Recovery
+from hal0proxy.control.recovery import LoadFailure
 from hal0proxy.control.registry import Slot, SlotRegistry
-from hal0proxy.control.room import Room
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
-from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound
+from hal0proxy.lemond.errors import LemondError
 from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelEvicted, ProcessCrashed
+from hal0proxy.lemond.routes import Route
+from hal0proxy.metrics import ControlStats, SlotSnapshot
 from hal0proxy.routing.classify import Classified
 from hal0proxy.routing.contract import Lease
-from hal0proxy.slots import policy
+from hal0proxy.slots import dispatch, policy
 from hal0proxy.slots.derive import LOADED
-from hal0proxy.slots.signals import LoadError, LoadRequested, RequestFinished, RequestStarted
+from hal0proxy.slots.dispatch import ColdStart, DispatchPolicy, DispatchSlot, Forward, Reject, Unresolved
+from hal0proxy.slots.signals import RequestFinished, RequestStarted
 from hal0proxy.slots.state import SlotState
 
 log = logging.getLogger("hal0proxy.control")
 
+# -- timing ----------------------------------------------------------------------------------
+#: Between runs of the idle policy: idle timeouts are whole seconds in practice, so a
+#: second's resolution is enough and costs nothing.
+IDLE_TICK_S = 1.0
+#: A wait for a load that ends sooner than this found nothing to do (lemond's view, or the
+#: route table, had not caught up with the load yet) ...
+LOAD_DID_NOTHING_S = 0.01
+#: ... so the request pauses this long before deciding again, rather than spin on it.
+NOTHING_TO_LOAD_PAUSE_S = 0.1
+#: A name the proxy does not know refreshes lemond's ``/v1/models`` at most this often, so a
+#: client repeating an unknown name does not cost lemond a request per request.
+MODELS_REFRESH_MIN_S = 5.0
+#: An eviction line for a model the proxy asked to unload less than this long ago is the
+#: proxy's own doing: lemond logs it after ``/v1/unload`` returned, several seconds later on
+#: a busy child (it waits 5 s after SIGTERM), so the window is generous.
+PROXY_UNLOAD_ATTRIBUTION_S = 60.0
+
+#: ``acquire_now`` only acts on a ``Forward``, which no policy changes.
+_FAST_PATH_POLICY = DispatchPolicy()
+
 
 def _noop(*_args: object) -> None:
     return None
+
+
+def _pinned(slot: Slot) -> bool:
+    return bool(slot.config and slot.config.pinned)
+
+
+def _rejection(reject: Reject) -> ProxyError:
+    return ProxyError(reject.status, reject.code, reject.message, reject.details, reject.retry_after_s)
 
 
 @dataclass(slots=True)
@@ -69,7 +100,7 @@ class SlotLease:
             self._controller._finished(self._slot)
 
 
-class Controller(Recovery, Room):
+class Controller(Loading):
     def __init__(
         self,
         config: Config,
@@ -106,7 +137,7 @@ class Controller(Recovery, Room):
         adapter.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, idle_interval_s: float = 1.0) -> None:
+    async def start(self, idle_interval_s: float = IDLE_TICK_S) -> None:
         await self.adapter.start()
         with contextlib.suppress(LemondError):
             await self.adapter.refresh()
@@ -135,63 +166,86 @@ class Controller(Recovery, Room):
                 problems.append(f"slot {slot.name} is {slot.status.state}")
         return not problems, problems + self._adoption_warnings()
 
+    def stats_snapshot(self) -> ControlStats:
+        """The control plane's numbers for a metrics scrape, as plain data."""
+        stats = self.adapter.stats
+        return ControlStats(
+            websocket_connected=bool(self.adapter.ws_connected),
+            websocket_reconnects=stats.reconnects,
+            lemond_resyncs=stats.resyncs,
+            lemond_seq_gaps=stats.gaps,
+            lemond_restarts=stats.restarts,
+            loads_issued=self.loads_issued,
+            subscribers_dropped=self.journal.dropped_subscribers,
+            slots=tuple(SlotSnapshot(s.name, s.status.state, s.status.in_flight) for s in self.registry.all()),
+        )
+
+    def serving_port(self, slot: Slot) -> int | None:
+        """The port of the child serving ``slot``'s model, while lemond reports it alive."""
+        route = self.adapter.routes.get(slot.model)
+        return route.port if route is not None and route.alive else None
+
     # ------------------------------------------------------------------ Router protocol
     def acquire_now(self, request: Classified) -> Lease | None:
-        """The hot path: a known slot whose route is alive and proven gets a lease at once."""
-        name = request.model
-        if name is None:
-            name = next((s for s in request.default_slots if self.registry.get(s)), None)
-            if name is None:
-                return None
-        slot = self.registry.get(name)
+        """The hot path: a known slot whose route is alive and proven gets a lease at once.
+
+        Only a ``Forward`` is acted on here; anything else is decided again by ``acquire``
+        with the slot's own policy and a measured ``Retry-After``."""
+        slot = self._lookup(request)
         if slot is None:
-            slots = self.registry.for_model(name)
-            if not slots:
-                return None
-            slot = slots[0]
-        if slot.status.state is SlotState.UNLOADING:
             return None
-        route = self.adapter.routes.get(slot.model)
-        if route is None or not route.alive or not route.proven:
-            return None
-        return self._lease(slot, route.port)
+        facts = DispatchSlot(slot.name, slot.model, slot.status.state, slot.status.in_flight, _pinned(slot))
+        decision = dispatch.decide(facts, self.adapter.routes.get(slot.model), _FAST_PATH_POLICY, 0.0)
+        return self._lease(slot, decision.port, decision.hold_in_lemond) if isinstance(decision, Forward) else None
 
     async def acquire(self, request: Classified) -> Lease:
-        slot = await self._resolve(request)
+        found = await self._resolve(request)
+        if isinstance(found, Unresolved):
+            raise _rejection(dispatch.refuse_unresolved(found))
+        slot = found
         cfg = slot.config
-        cold_start = cfg.cold_start if cfg else self.config.policy.cold_start
-        max_wait = cfg.max_wait_s if cfg else self.config.policy.max_wait_s
-        deadline = self.clock() + max_wait
+        policy = DispatchPolicy(
+            ColdStart(cfg.cold_start if cfg else self.config.policy.cold_start),
+            cfg.max_wait_s if cfg else self.config.policy.max_wait_s,
+        )
+        arrived = now = self.clock()
         # Wait means wait: until the deadline, however often the model is found crashed,
         # evicted or reloading (never an instant 503 because a dead route looked alive).
         while True:
-            if slot.status.state is not SlotState.UNLOADING:
-                route = await self.adapter.usable_route(slot.model)
-                if route is not None:
-                    if not route.proven:
-                        self.adapter.routes.mark_proven(slot.model, route.port)
-                    return self._lease(slot, route.port)
-                await self._confirm_route(slot, "refused")
-            task = self._ensure_loading(slot)
-            remaining = deadline - self.clock()
-            if cold_start == "reject" or remaining <= 0:
-                raise self._loading_error(slot)
-            waited_from = self.clock()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), remaining)
-            except TimeoutError:
-                raise self._loading_error(slot) from None
-            except LoadFailure as exc:
-                raise ProxyError(
-                    exc.status,
-                    exc.code,
-                    f"model {slot.model!r} could not be loaded: {exc}",
-                    {"slot": slot.name, "model": slot.model},
-                    retry_after_s=self._retry_after(slot) if exc.status == 503 else None,
-                ) from None
-            if self.clock() - waited_from < 0.01:
-                # The load had nothing to do (lemond's view has not caught up yet): do not spin.
-                await asyncio.sleep(min(0.1, max(0.0, deadline - self.clock())))
+            route = await self._probed_route(slot)
+            facts = DispatchSlot(
+                slot.name, slot.model, slot.status.state, slot.status.in_flight, _pinned(slot), self._retry_after(slot)
+            )
+            decision = dispatch.decide(facts, route, policy, max(now, self.clock()), arrived)
+            if isinstance(decision, Forward):
+                return self._lease(slot, decision.port, decision.hold_in_lemond)
+            if isinstance(decision, Reject):
+                if decision.start_load:
+                    self._ensure_loading(slot)
+                raise _rejection(decision)
+            now = await self._wait_for_load(slot, decision.deadline)
+
+    async def _wait_for_load(self, slot: Slot, deadline: float) -> float:
+        """Wait for the model's single-flight load, at most until ``deadline``; the time to
+        decide at next (never before ``deadline`` once it has passed)."""
+        task = self._ensure_loading(slot)
+        waited_from = self.clock()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), deadline - waited_from)
+        except TimeoutError:
+            return max(self.clock(), deadline)
+        except LoadFailure as exc:
+            raise ProxyError(
+                exc.status,
+                exc.code,
+                f"model {slot.model!r} could not be loaded: {exc}",
+                {"slot": slot.name, "model": slot.model},
+                retry_after_s=self._retry_after(slot) if exc.status == 503 else None,
+            ) from None
+        if self.clock() - waited_from < LOAD_DID_NOTHING_S:
+            # The load had nothing to do (lemond's view has not caught up yet): do not spin.
+            await asyncio.sleep(min(NOTHING_TO_LOAD_PAUSE_S, max(0.0, deadline - self.clock())))
+        return self.clock()
 
     def models_payload(self) -> dict[str, Any]:
         data: list[dict[str, Any]] = []
@@ -224,12 +278,26 @@ class Controller(Recovery, Room):
         await self._unload_model(slot.model, reason)
 
     # ------------------------------------------------------------------ internals: requests
-    async def _resolve(self, request: Classified) -> Slot:
+    def _lookup(self, request: Classified) -> Slot | None:
+        """The slot a request names (or its path's default slot), among the known ones."""
         name = request.model
         if name is None:
             name = next((s for s in request.default_slots if self.registry.get(s)), None)
             if name is None:
-                raise ProxyError(400, "request.missing_model", "request has no 'model' and no default slot applies")
+                return None
+        slot = self.registry.get(name)
+        if slot is None:
+            slots = self.registry.for_model(name)
+            return slots[0] if slots else None
+        return slot
+
+    async def _resolve(self, request: Classified) -> Slot | Unresolved:
+        """The request's slot, adopting a model lemond has loaded or can load, else why not."""
+        name = request.model
+        if name is None:
+            name = next((s for s in request.default_slots if self.registry.get(s)), None)
+            if name is None:
+                return Unresolved(None)
 
         if self.registry.get(name) is None:
             name = self.adapter.names.to_public(name)  # extra.<m> and friends: one model, one slot
@@ -241,17 +309,30 @@ class Controller(Recovery, Room):
         slot = self.registry.resolve(name, loaded)
         if slot is None and await self._refresh_known_models():
             slot = self.registry.resolve(name, loaded)
-        if slot is None and not self.adapter.reachable:
-            # Only lemond could say whether it knows this model: come back when it is up.
-            raise self._lemond_unavailable(f"cannot resolve model {name!r} while lemond is down")
         if slot is None:
-            raise ProxyError(404, "dispatch.no_route", f"no slot or lemond model named {name!r}", {"model": name})
+            # While lemond is down only lemond could say whether it knows this model.
+            return Unresolved(name, self.adapter.reachable, self._lemond_retry_after())
         return slot
 
-    def _lease(self, slot: Slot, port: int) -> SlotLease:
+    async def _probed_route(self, slot: Slot) -> Route | None:
+        """The slot's route if a request can go there now (an unproven port is probed first)."""
+        if slot.status.state is SlotState.UNLOADING:
+            return None  # no request goes to a child being unloaded, so no probe either
+        route = await self.adapter.usable_route(slot.model)
+        if route is None:
+            await self._confirm_route(slot, "refused")
+            return None
+        if not route.proven:
+            self.adapter.routes.mark_proven(slot.model, route.port)
+            route = replace(route, proven=True)
+        return route
+
+    def _lease(self, slot: Slot, port: int, hold_in_lemond: bool | None = None) -> SlotLease:
+        if hold_in_lemond is None:
+            hold_in_lemond = slot.status.in_flight == 0 and not _pinned(slot)
         slot.last_used_wall = time.time()
         self.registry.signal(slot, RequestStarted(), self.clock())
-        if slot.status.in_flight == 1 and not (slot.config and slot.config.pinned):
+        if hold_in_lemond:
             self.pins.busy(slot.model)  # keep lemond's LRU off it while it serves
         return SlotLease(self, slot, port)
 
@@ -271,26 +352,10 @@ class Controller(Recovery, Room):
     def _retry_after(self, slot: Slot) -> int:
         return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self.clock())
 
-    def _loading_error(self, slot: Slot) -> ProxyError:
-        retry = self._retry_after(slot)
-        state = str(slot.status.state)
-        return ProxyError(
-            503,
-            "slot.loading",
-            f"slot {slot.name!r} is {state}, not ready to serve yet",
-            {
-                "slot": slot.name,
-                "state": state,
-                "retry_after_s": retry,
-                "progress": {"phase": state, "requested_model": slot.model},
-            },
-            retry_after_s=retry,
-        )
-
     async def _refresh_known_models(self, force: bool = False) -> bool:
         """Refresh lemond's model list (rate limited); True if it was refreshed."""
         now = self.clock()
-        if not force and now - self._models_fetched < 5.0:
+        if not force and now - self._models_fetched < MODELS_REFRESH_MIN_S:
             return False
         self._models_fetched = now
         try:
@@ -300,70 +365,6 @@ class Controller(Recovery, Room):
         self.registry.known_models = {m["id"]: m for m in models if isinstance(m, dict) and "id" in m}
         self.adapter.names.learn(self.registry.known_models)
         return True
-
-    # ------------------------------------------------------------------ internals: loading
-    def _ensure_loading(self, slot: Slot) -> asyncio.Task[None]:
-        task = self._loads.get(slot.model)
-        if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(self._load(slot), name=f"load:{slot.model}")
-            model = slot.model
-            task.add_done_callback(lambda t: self._load_done(model, t))
-            self._loads[slot.model] = task
-        return task
-
-    def _load_done(self, model: str, task: asyncio.Task[None]) -> None:
-        if self._loads.get(model) is task:
-            del self._loads[model]
-        self._load_started.pop(model, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("load of %s failed: %s", model, task.exception())
-
-    async def _load(self, slot: Slot) -> None:
-        model, mtype = slot.model, self.registry.type_of(slot.model)
-        self._load_started[model] = self.clock()
-        await self._await_lemond_replacement(model)
-        lock = self._type_locks.setdefault(mtype, asyncio.Lock())
-        async with lock:  # one load per lemond pool at a time: room-making must not race itself
-            route = self.adapter.routes.get(model)
-            if route is not None and route.alive:
-                if await self.adapter.usable_route(model) is not None:
-                    return
-                await self._confirm_route(slot, "refused")
-                route = self.adapter.routes.get(model)
-                if route is not None and route.alive:
-                    return  # lemond lists it and something answers there: nothing to recover
-            if self.adapter.lists_dead_child(model):
-                await self._unload_dead(slot)
-            await self._make_room(slot, mtype)
-            self.registry.signal_model(model, LoadRequested(), self.clock())
-            options = slot.config.load_options() if slot.config else {}
-            if self.lemond_major >= 11:
-                # The proxy owns idle policy: lemond's eviction engine measures idleness from
-                # traffic through lemond only, and would evict a model streaming through us.
-                options["auto_evict"] = False
-            started = self.clock()
-            self.loads_issued += 1
-            self.journal.publish("slot.load_requested", slot=slot.name, model=model)
-            try:
-                await self.adapter.client.load(model, timeout=self.config.policy.load_timeout_s, **options)
-            except LemondError as exc:
-                # lemond logs no failure line for every refusal (an unknown model, lemond down):
-                # the slot must not stay "starting" and hold its place in the pool.
-                self.registry.signal_model(model, LoadError(str(exc)), self.clock())
-                if isinstance(exc, ModelNotFound):
-                    raise LoadFailure(str(exc), 404, "slot.not_found") from None
-                if isinstance(exc, LemondUnavailable):
-                    raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
-                raise LoadFailure(str(exc)) from None
-            finished = self.clock()
-            self.load_times.record(model, finished - started)
-            self.hooks.load_measured(model, finished - started)
-            # /v1/load can answer before its log lines arrive: make sure the route is known,
-            # from a /v1/health sent after the load returned (not one already in flight).
-            route = self.adapter.routes.get(model)
-            if route is None or not route.alive:
-                with contextlib.suppress(LemondError):
-                    await self.adapter.refresh(newer_than=finished)
 
     # ------------------------------------------------------------------ internals: events
     def _on_event(self, event: LemondEvent) -> None:
@@ -375,7 +376,7 @@ class Controller(Recovery, Room):
                 self.pins.forget(slot.model)
         if isinstance(event, ModelEvicted):
             asked_at = self._proxy_unloads.pop(event.model, None)
-            if asked_at is None or self.clock() - asked_at > 60.0:
+            if asked_at is None or self.clock() - asked_at > PROXY_UNLOAD_ATTRIBUTION_S:
                 self.hooks.evicted(str(event.reason), "lemond")
         elif isinstance(event, ProcessCrashed):
             if event.cause == "exit":

@@ -57,7 +57,7 @@ class Recovery:
     _proxy_unloads: dict[str, float]
 
     # -- provided by the controller ------------------------------------------------------
-    def _lease(self, slot: Slot, port: int) -> SlotLease:
+    def _lease(self, slot: Slot, port: int, hold_in_lemond: bool | None = None) -> SlotLease:
         raise NotImplementedError
 
     async def acquire(self, request: Classified) -> Lease:
