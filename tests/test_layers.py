@@ -1,6 +1,7 @@
 """Imports point down only: every package imports only what its row of the layer table allows.
 
-The table is the one in ``docs/architecture.md``. The check reads each module's source with
+The table is read from ``docs/architecture.md`` ("Layers"), so the document and the check
+cannot drift apart. The check reads each module's source with
 ``ast`` (no import side effects) and counts every import, including those under
 ``TYPE_CHECKING`` and inside functions: a type-only import across layers still couples them.
 """
@@ -8,6 +9,7 @@ The table is the one in ``docs/architecture.md``. The check reads each module's 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,25 +18,39 @@ import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "hal0proxy"
 
+ARCHITECTURE = PACKAGE_ROOT.parent / "docs" / "architecture.md"
+
 _EVERYTHING = frozenset({"*"})
 
-# package (or top-level module) -> the hal0proxy packages it may import.
-LAYERS: Mapping[str, frozenset[str]] = {
-    "__main__": _EVERYTHING,
-    "cli": _EVERYTHING,
-    "app": _EVERYTHING,
-    "api": frozenset({"control", "routing", "slots", "lemond", "http", "metrics"}),
-    "proxy": frozenset({"routing", "slots", "lemond", "http", "metrics"}),
-    "control": frozenset({"routing", "slots", "lemond", "http", "metrics", "config"}),
-    "reload": frozenset({"config", "slots"}),
-    "config": frozenset({"slots"}),
-    "routing": frozenset({"http", "slots"}),
-    "lemond": frozenset({"http", "metrics"}),
-    "metrics": frozenset({"slots"}),
-    "slots": frozenset(),
-    "http": frozenset(),
-    "emulator": frozenset({"http"}),
-}
+
+def parse_layer_table(markdown: str) -> dict[str, frozenset[str]]:
+    """The "Layers" table of ``docs/architecture.md``: package -> the packages it may import.
+
+    A row names its packages in backticks in the first cell (``hal0proxy/api/``,
+    ``hal0proxy/app.py``); the last cell lists what they may import, with remarks in
+    parentheses, "everything", or third-party names (which are not layers and are dropped).
+    """
+    rows: list[tuple[list[str], str]] = []
+    for line in markdown.splitlines():
+        if not line.startswith("| `hal0proxy/"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").replace("\\|", "/").split(" | ")]
+        names = [p.strip("`").removeprefix("hal0proxy/").strip("/").removesuffix(".py") for p in cells[0].split(", ")]
+        rows.append((names, cells[-1]))
+    layers = {name for names, _ in rows for name in names}
+    table: dict[str, frozenset[str]] = {}
+    for names, allowed in rows:
+        if allowed == "everything":
+            imports = _EVERYTHING
+        else:
+            plain = re.sub(r"\([^)]*\)", "", allowed)
+            imports = frozenset(word for word in re.split(r"[,\s]+", plain) if word in layers)
+        for name in names:
+            table[name] = imports
+    return table
+
+
+LAYERS: Mapping[str, frozenset[str]] = parse_layer_table(ARCHITECTURE.read_text())
 
 # Third-party packages a layer may use beyond the standard library (``None``: not checked).
 THIRD_PARTY: Mapping[str, frozenset[str] | None] = {
@@ -94,6 +110,13 @@ def _modules() -> Iterator[tuple[str, Path]]:
         rel = path.relative_to(PACKAGE_ROOT.parent).with_suffix("")
         parts = rel.parts[:-1] if rel.parts[-1] == "__init__" else rel.parts
         yield ".".join(parts), path
+
+
+def test_the_layer_table_is_read_from_the_architecture_document() -> None:
+    assert LAYERS["slots"] == frozenset() and LAYERS["app"] == _EVERYTHING
+    assert LAYERS["routing"] == {"http", "slots"}
+    assert "proxy" not in LAYERS["control"] and "control" not in LAYERS["metrics"]
+    assert {"api", "proxy", "control", "lemond", "http", "metrics", "config", "emulator"} <= set(LAYERS)
 
 
 def test_every_package_has_a_row_in_the_layer_table() -> None:

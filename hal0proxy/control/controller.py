@@ -64,10 +64,6 @@ def _noop(*_args: object) -> None:
     return None
 
 
-def _pinned(slot: Slot) -> bool:
-    return bool(slot.config and slot.config.pinned)
-
-
 def _rejection(reject: Reject) -> ProxyError:
     return ProxyError(reject.status, reject.code, reject.message, reject.details, reject.retry_after_s)
 
@@ -194,7 +190,7 @@ class Controller(Loading):
         slot = self._lookup(request)
         if slot is None:
             return None
-        facts = DispatchSlot(slot.name, slot.model, slot.status.state, slot.status.in_flight, _pinned(slot))
+        facts = DispatchSlot(slot.name, slot.model, slot.status.state, slot.status.in_flight, slot.pinned)
         decision = dispatch.decide(facts, self.adapter.routes.get(slot.model), _FAST_PATH_POLICY, 0.0)
         return self._lease(slot, decision.port, decision.hold_in_lemond) if isinstance(decision, Forward) else None
 
@@ -214,7 +210,7 @@ class Controller(Loading):
         while True:
             route = await self._probed_route(slot)
             facts = DispatchSlot(
-                slot.name, slot.model, slot.status.state, slot.status.in_flight, _pinned(slot), self._retry_after(slot)
+                slot.name, slot.model, slot.status.state, slot.status.in_flight, slot.pinned, self._retry_after(slot)
             )
             decision = dispatch.decide(facts, route, policy, max(now, self.clock()), arrived)
             if isinstance(decision, Forward):
@@ -329,7 +325,7 @@ class Controller(Loading):
 
     def _lease(self, slot: Slot, port: int, hold_in_lemond: bool | None = None) -> SlotLease:
         if hold_in_lemond is None:
-            hold_in_lemond = slot.status.in_flight == 0 and not _pinned(slot)
+            hold_in_lemond = slot.status.in_flight == 0 and not slot.pinned
         slot.last_used_wall = time.time()
         self.registry.signal(slot, RequestStarted(), self.clock())
         if hold_in_lemond:

@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 
 __all__ = ["LoadFailure", "Recovery"]
 
+#: How often a load looks whether lemond's own respawn of the model has ended: the end is a
+#: log line, so a short poll costs nothing and adds at most this much to the load.
+REPLACEMENT_POLL_S = 0.05
+#: The longest a load waits for lemond's respawn when the line that ends it is lost (a
+#: respawn of a small model takes seconds; ``load_timeout_s`` caps it further).
+REPLACEMENT_WAIT_MAX_S = 60.0
+
 
 class LoadFailure(Exception):
     def __init__(self, message: str, status: int = 503, code: str = "slot.load_failed") -> None:
@@ -156,13 +163,13 @@ class Recovery:
     def _lemond_retry_after(self) -> int:
         return max(1, round(self.adapter.poll_s * 2))
 
-    async def _await_lemond_replacement(self, model: str, poll_s: float = 0.05) -> None:
+    async def _await_lemond_replacement(self, model: str, poll_s: float = REPLACEMENT_POLL_S) -> None:
         """lemond is respawning ``model`` with another client's options: wait for that load
         instead of adding one. An unload now would be refused (404) once lemond's eviction
         ends, and a load with the slot's own options would respawn the new child a second
         time (lemond compares resolved options), cutting whatever it has started to serve.
         Bounded, in case the log line that ends the respawn is lost."""
-        deadline = self.clock() + min(self.config.policy.load_timeout_s, 60.0)
+        deadline = self.clock() + min(self.config.policy.load_timeout_s, REPLACEMENT_WAIT_MAX_S)
         while self.adapter.replacing(model) and self.clock() < deadline:
             await asyncio.sleep(poll_s)
 

@@ -61,6 +61,12 @@ class Slot:
     def idle_timeout_s(self) -> float:
         return self.config.idle_timeout_s if self.config else 0.0
 
+    @property
+    def pinned(self) -> bool:
+        """Configured ``pinned = true``: lemond keeps it resident by itself, and the proxy never
+        unloads it for idleness or to make room."""
+        return bool(self.config and self.config.pinned)
+
 
 StateListener = Callable[[Slot, SlotState], None]
 

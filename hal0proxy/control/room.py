@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Room"]
 
+#: A wait for a quiet slot looks again at least this often: ``_quiet`` pulses when a request
+#: finishes, but room also appears without one (lemond evicts or a child crashes).
+QUIET_RECHECK_S = 1.0
+
 
 class Room:
     """Base of ``Controller``; declares what it uses of it."""
@@ -69,7 +73,7 @@ class Room:
                 raise LoadFailure(f"every {mtype} slot is serving; no room to load {slot.model}")
             quiet = self._quiet
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(quiet.wait(), min(remaining, 1.0))
+                await asyncio.wait_for(quiet.wait(), min(remaining, QUIET_RECHECK_S))
 
     def _views_of_type(self, mtype: str) -> list[policy.SlotView]:
         views: list[policy.SlotView] = []
@@ -82,7 +86,7 @@ class Room:
             in_flight = self.registry.in_flight(slot.model)
             if in_flight != status.in_flight:
                 status = replace(status, in_flight=in_flight)
-            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s, _pinned(slot)))
+            views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s, slot.pinned))
         return views
 
     async def _unload_model(self, model: str, reason: str) -> None:
@@ -92,7 +96,7 @@ class Room:
         deadline = self.clock() + self.config.policy.max_wait_s
         while self.registry.in_flight(model) and self.clock() < deadline:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._quiet.wait(), 1.0)
+                await asyncio.wait_for(self._quiet.wait(), QUIET_RECHECK_S)
         self.unloads_issued[reason] = self.unloads_issued.get(reason, 0) + 1
         self.hooks.evicted(reason, "proxy")
         self._proxy_unloads[model] = self.clock()
@@ -112,7 +116,7 @@ class Room:
             for slot in self.registry.all():
                 self.registry.signal(slot, IdleTick(slot.idle_timeout_s), now)
             slots = self.registry.all()
-            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s, _pinned(s)) for s in slots]
+            views = [policy.SlotView(s.name, s.status, s.type, s.idle_timeout_s, s.pinned) for s in slots]
             for action in policy.idle_unload_candidates(views, now):
                 found = self.registry.get(action.slot)
                 if found is None:
@@ -130,8 +134,3 @@ class Room:
                 )
                 with contextlib.suppress(LemondError):
                     await self._unload_model(slot.model, "idle")
-
-
-def _pinned(slot: Slot) -> bool:
-    """Configured ``pinned = true``: never idle-unloaded, never a room-making victim."""
-    return bool(slot.config and slot.config.pinned)
