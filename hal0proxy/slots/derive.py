@@ -96,6 +96,25 @@ class SlotStatus:
         return self.last_used if self.last_used is not None else self.updated_at
 
 
+def _counted(status: SlotStatus, in_flight: int, now: float) -> SlotStatus:
+    """``status`` with a request more or fewer in flight, used at ``now``.
+
+    Every request passes here twice, on the data plane's hot path: a direct constructor call
+    costs a fraction of ``dataclasses.replace``, which looks the fields up on every call.
+    """
+    return SlotStatus(
+        status.state,
+        status.model,
+        status.port,
+        status.pid,
+        status.message,
+        in_flight,
+        now,
+        status.updated_at,
+        status.error,
+    )
+
+
 def _move(status: SlotStatus, path: tuple[SlotState, ...], now: float, *, forced: bool = False) -> SlotStatus:
     # Walk ``path`` one checked step at a time; only the last step may be a forced one.
     current = status.state
@@ -147,11 +166,11 @@ def reduce(status: SlotStatus, signal: Signal, now: float) -> SlotStatus:
     st = status.state
     match signal:
         case RequestStarted():
-            busy = replace(status, in_flight=status.in_flight + 1, last_used=now)
+            busy = _counted(status, status.in_flight + 1, now)
             return _move(busy, (S.SERVING,), now) if st in (S.READY, S.IDLE) else busy
         case RequestFinished():
             left = max(0, status.in_flight - 1)
-            done = replace(status, in_flight=left, last_used=now)
+            done = _counted(status, left, now)
             return _move(done, (S.READY,), now) if st is S.SERVING and left == 0 else done
         case IdleTick(idle_timeout_s=timeout):
             quiet = status.in_flight == 0 and now - status.quiet_since() >= timeout

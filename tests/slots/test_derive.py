@@ -266,3 +266,34 @@ def test_random_histories_match_the_reference_and_stay_legal(history: list[tuple
                 assert status.updated_at == now
             assert status.dispatchable is state_mod.is_dispatchable(status.state)
             assert status.port is None or status.state is not S.ERROR
+
+
+def test_request_counting_keeps_every_other_field() -> None:
+    """The hot path's direct constructor call must match ``dataclasses.replace`` field for field."""
+    from dataclasses import fields, replace
+
+    from hal0proxy.slots.derive import _counted
+
+    status = SlotStatus(
+        state=SlotState.SERVING,
+        model="m",
+        port=8001,
+        pid=7,
+        message="msg",
+        in_flight=3,
+        last_used=1.5,
+        updated_at=2.5,
+        error="e",
+    )
+    assert {f.name for f in fields(SlotStatus)} == {
+        "state",
+        "model",
+        "port",
+        "pid",
+        "message",
+        "in_flight",
+        "last_used",
+        "updated_at",
+        "error",
+    }, "a new SlotStatus field must be carried by _counted"
+    assert _counted(status, 4, 9.0) == replace(status, in_flight=4, last_used=9.0)
