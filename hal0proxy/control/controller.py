@@ -200,7 +200,7 @@ class Controller(Loading):
             raise _rejection(dispatch.refuse_unresolved(found))
         slot = found
         cfg = slot.config
-        policy = DispatchPolicy(
+        rules = DispatchPolicy(
             ColdStart(cfg.cold_start if cfg else self.config.policy.cold_start),
             cfg.max_wait_s if cfg else self.config.policy.max_wait_s,
         )
@@ -212,7 +212,7 @@ class Controller(Loading):
             facts = DispatchSlot(
                 slot.name, slot.model, slot.status.state, slot.status.in_flight, slot.pinned, self._retry_after(slot)
             )
-            decision = dispatch.decide(facts, route, policy, max(now, self.clock()), arrived)
+            decision = dispatch.decide(facts, route, rules, max(now, self.clock()), arrived)
             if isinstance(decision, Forward):
                 return self._lease(slot, decision.port, decision.hold_in_lemond)
             if isinstance(decision, Reject):
