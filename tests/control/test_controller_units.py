@@ -7,6 +7,9 @@ stream would publish them.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from hal0proxy.config import Config, SlotConfig
@@ -127,3 +130,32 @@ async def test_serving_port_follows_the_route_table() -> None:
     assert slot is not None and ctl.serving_port(slot) is None
     loaded(ctl, port=8007)
     assert ctl.serving_port(slot) == 8007
+
+
+async def test_a_wait_that_outlasts_max_wait_s_ends_in_503_slot_loading() -> None:
+    """lemond accepts the connection and never answers: the load hangs, the request does not."""
+    silent_clients: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent_clients.append(writer)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = Config(slots=(SlotConfig(name="primary", model=MODEL, max_wait_s=0.3),))
+    ctl = Controller(cfg, LemondAdapter(f"http://127.0.0.1:{port}", api_key=None))
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProxyError) as err:
+            await ctl.acquire(request("primary"))
+        elapsed = time.monotonic() - started
+        assert (err.value.status, err.value.code) == (503, "slot.loading")
+        assert err.value.retry_after_s is not None and err.value.retry_after_s >= 1
+        # Not before max_wait_s; the upper bound is wide only for a loaded machine.
+        assert 0.3 <= elapsed < 10.0
+        assert MODEL in ctl._loads  # the load goes on for the client's retry
+    finally:
+        await ctl.stop()
+        for writer in silent_clients:
+            writer.close()
+        server.close()
+        await server.wait_closed()
