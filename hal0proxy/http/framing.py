@@ -180,10 +180,19 @@ class LengthScanner:
     def at_boundary(self) -> bool:
         return self._remaining == 0
 
+    @property
+    def remaining(self) -> int:
+        """Body bytes still to come."""
+        return self._remaining
+
     def feed(self, data: bytes) -> int:
-        take = min(self._remaining, len(data))
-        self._remaining -= take
-        return take
+        remaining = self._remaining
+        size = len(data)
+        if size <= remaining:  # the common case: the read is all body (no min() call)
+            self._remaining = remaining - size
+            return size
+        self._remaining = 0
+        return remaining
 
 
 class UntilCloseScanner:

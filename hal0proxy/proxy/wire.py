@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+from operator import itemgetter
+from typing import Final
 
 from hal0proxy.http.errors import ProxyError, reason_phrase
 from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens
@@ -47,16 +49,21 @@ def upstream_request(req: HttpRequest, target: bytes, settings: ProxySettings) -
     """
     headers = req.headers
     drop = _DROP_BY_POLICY[(settings.forward_conversation_id, bool(settings.api_keys))]
-    named = connection_tokens(headers)
-    if named:
-        drop = drop | named
-    parts = [req.method, b" ", target, b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"]
-    for name, value in headers:
-        if name not in drop:
-            parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"content-length: %d\r\n\r\n" % len(req.body))
-    parts.append(req.body)
-    return b"".join(parts)
+    if b"connection" in map(itemgetter(0), headers):  # C-speed scan; most clients send none
+        named = connection_tokens(headers)
+        if named:
+            drop = drop | named
+    # "name: value" per kept field, joined in C: no per-field concatenation in Python
+    fields = b"\r\n".join(map(b": ".join, [field for field in headers if field[0] not in drop]))
+    length = b"content-length: %d\r\n\r\n" % len(req.body)
+    line = b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+    return b"".join((req.method, b" ", target, line, fields, b"\r\n" if fields else b"", length, req.body))
+
+
+# (head bytes as received, client keep-alive, HEAD request) -> downstream_head's answer: a
+# child's heads repeat, and the answer is a pure function of these (``ResponseHead.raw``).
+_downstream_heads: dict[tuple[bytes, bool, bool], tuple[bytes, bool, bool]] = {}
+_DOWNSTREAM_CACHE_MAX: Final = 256
 
 
 def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
@@ -65,6 +72,20 @@ def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool)
     The child's framing is kept (its body bytes are relayed verbatim); hop-by-hop headers
     are dropped; SSE gets ``X-Accel-Buffering: no``; a close-delimited body forces a close.
     """
+    raw = head.raw
+    if not raw:
+        return _downstream_head(head, keep_alive, is_head_request)
+    key = (raw, keep_alive, is_head_request)
+    built = _downstream_heads.get(key)
+    if built is None:
+        built = _downstream_head(head, keep_alive, is_head_request)
+        if len(_downstream_heads) >= _DOWNSTREAM_CACHE_MAX:
+            _downstream_heads.clear()
+        _downstream_heads[key] = built
+    return built
+
+
+def _downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
     parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason or reason_phrase(head.status))]
     sse = has_accel = has_length = False
     for name, value in head.headers:
