@@ -6,9 +6,9 @@
 
 Each case runs its function on realistic input: the request wrk posts in ``bench.relay``, the
 response heads of ``bench.fastchild`` and of a real llama-server (cpp-httplib's header set),
-one chunk-framed SSE event as the paced child sends it. A case is timed with ``timeit`` (best
-of ``--repeat`` runs of ``--number`` calls) so scheduling noise on a shared machine inflates no
-figure. Only public entry points that exist in the baseline too are timed, so the columns
+one chunk-framed SSE event as the paced child sends it. A case is timed with ``timeit`` on the process's CPU clock
+(best of ``--repeat`` rounds of ``--number`` calls, the rounds interleaved over all cases), so
+load on a shared machine inflates no figure. Only public entry points that exist in the baseline too are timed, so the columns
 compare like with like.
 """
 
@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -150,13 +151,20 @@ def _cases() -> dict[str, Callable[[], object]]:
 
 
 def measure(number: int, repeat: int) -> dict[str, float]:
-    """µs per call of every case (best of ``repeat`` runs of ``number`` calls)."""
-    out: dict[str, float] = {}
-    for name, call in _cases().items():
+    """µs of CPU per call of every case: the best of ``repeat`` rounds of ``number`` calls.
+
+    Rounds go over all cases in turn (a burst of load on the shared machine hits one round of
+    every case, not every round of one case), and the timer is the process's CPU time, so time
+    spent preempted by other processes is not counted.
+    """
+    cases = _cases()
+    best = dict.fromkeys(cases, float("inf"))
+    for call in cases.values():
         call()  # warm caches and fail early on a broken case
-        best = min(timeit.repeat(call, number=number, repeat=repeat))
-        out[name] = best * 1e6 / number
-    return out
+    for _ in range(repeat):
+        for name, call in cases.items():
+            best[name] = min(best[name], timeit.timeit(call, number=number, timer=time.process_time))
+    return {name: seconds * 1e6 / number for name, seconds in best.items()}
 
 
 def _baseline(rev: str, number: int, repeat: int) -> dict[str, float]:
@@ -194,8 +202,8 @@ def render(current: dict[str, float], before: dict[str, float] | None, rev: str 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
     parser.add_argument("--baseline", default=None, help="git revision to time side by side")
-    parser.add_argument("--number", type=int, default=20000, help="calls per timing run")
-    parser.add_argument("--repeat", type=int, default=5, help="timing runs; the best is kept")
+    parser.add_argument("--number", type=int, default=2000, help="calls per timing round")
+    parser.add_argument("--repeat", type=int, default=30, help="timing rounds; the best is kept")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)  # the baseline subprocess
     args = parser.parse_args(argv)
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     before = _baseline(args.baseline, args.number, args.repeat) if args.baseline else None
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"Command: `python -m bench.micro {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip())
-    print(f"best of {args.repeat} runs of {args.number} calls; load average {load}\n")
+    print(f"CPU µs per call, best of {args.repeat} rounds of {args.number} calls; load average {load}\n")
     print(render(current, before, args.baseline))
     if args.json is not None:
         args.json.write_bytes(orjson.dumps({"now": current, "before": before, "baseline": args.baseline}))

@@ -29,15 +29,15 @@ _FIELD_NAME = re.compile(_TOKEN + rb"\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _ANY_REQUEST_LINE = re.compile(rb"([^\x00-\x20\x7f]+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
-# Heads with Transfer-Encoding, Expect or Upgrade need h11's full treatment (``parse_request_head``).
+# Heads with any of these need h11's full treatment.
+_SLOW_FIELDS: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+
 _FRAMING_FIELDS: Final = frozenset({b"transfer-encoding", b"content-length"})
+# Fields the fast parser looks at (everything else is copied as it is).
+_NOTED_FIELDS: Final = _SLOW_FIELDS | {b"content-length", b"host", b"connection"}
 # The field section of a simple head (each line with its CRLF), checked in one pass, and its
 # fields, split in one pass once it is known to be well-formed.
 _FIELD_SECTION = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
-# Split a section _FIELD_SECTION accepted: the names (of the lowered section) and the values
-# without surrounding SP/HTAB (the lazy group leaves trailing whitespace to the next item).
-_NAMES = re.compile(rb"([^:]+):[^\r]*\r\n")
-_VALUES = re.compile(rb"[^:]+:[ \t]*([^\r]*?)[ \t]*\r\n")
 
 NEED_MORE: Final = 0
 SLOW: Final = 1
@@ -81,37 +81,36 @@ def parse_request_head(buf: bytes) -> FastHead | int:
     section = buf[line_end + 2 : end + 2]
     if _FIELD_SECTION.fullmatch(section) is None:
         return SLOW
-    # From here every line is ``token ":" value CRLF``. In the lowered section behind the request
-    # line's CRLF, each field name follows a CRLF and is followed by its colon, so one substring
-    # scan (C speed) finds a field by name exactly: no per-field work in Python.
-    lower = buf[line_end : end + 2].lower()
-    if b"\r\ntransfer-encoding:" in lower or b"\r\nexpect:" in lower or b"\r\nupgrade:" in lower:
-        return SLOW
-    if lower.count(b"\r\nhost:") != 1:
-        return SLOW
-    if b"_" in lower and (b"\r\ntransfer_encoding:" in lower or b"\r\ncontent_length:" in lower):
-        return SLOW  # "transfer_encoding": some servers read it as the real thing
+    underscores = b"_" in section  # one scan of the head, not one per header name
+    headers: list[tuple[bytes, bytes]] = []
     content_length = 0
-    at = lower.find(b"\r\ncontent-length:")
-    if at >= 0:
-        start = at + 17
-        if lower.find(b"\r\ncontent-length:", start) >= 0:
-            return SLOW  # given twice
-        value = lower[start : lower.find(b"\r\n", start)].strip(b" \t")
-        if not value.isdigit() or len(value) > 18:
-            return SLOW
-        content_length = int(value)
+    seen_length = False
+    hosts = 0
     keep_alive = True
-    if b"close" in lower:
-        at = lower.find(b"\r\nconnection:")
-        while at >= 0:
-            value_end = lower.find(b"\r\n", at + 13)
-            if b"close" in [token.strip() for token in lower[at + 13 : value_end].split(b",")]:
-                keep_alive = False
-                break
-            at = lower.find(b"\r\nconnection:", value_end)
-    # names lower-cased, values stripped of surrounding SP/HTAB: two splits in C, zipped
-    headers = list(zip(_NAMES.findall(lower, 2), _VALUES.findall(section), strict=True))
+    # Every line is ``token ":" value CRLF`` now: split and partition (memchr-based) cut it
+    # faster than a regex walking every byte, and leave only the noted fields to Python.
+    for line in section[:-2].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        value = value.strip(b" \t")
+        if name in _NOTED_FIELDS:
+            if name in _SLOW_FIELDS:
+                return SLOW
+            if name == b"content-length":
+                if seen_length or not value.isdigit() or len(value) > 18:
+                    return SLOW
+                seen_length = True
+                content_length = int(value)
+            elif name == b"host":
+                hosts += 1
+            elif b"close" in (lowered := value.lower()):  # connection; most say "keep-alive"
+                if b"close" in [t.strip() for t in lowered.split(b",")]:
+                    keep_alive = False  # any Connection field listing "close" ends the connection
+        elif underscores and b"_" in name and name.replace(b"_", b"-") in _FRAMING_FIELDS:
+            return SLOW  # "transfer_encoding": some servers read it as the real thing
+        headers.append((name, value))
+    if hosts != 1:
+        return SLOW
     return FastHead(match.group(1), match.group(2), headers, content_length, keep_alive, end + 4)
 
 
