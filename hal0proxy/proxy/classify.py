@@ -75,10 +75,12 @@ def model_from_body(content_type: bytes, body: bytes) -> tuple[str | None, bool]
 
 
 # (path, query, model, streaming) -> its Classified: the same few combinations repeat request
-# after request, and a Classified is immutable, so one instance serves them all. Bounded: a
-# client inventing paths or model names costs a clear now and then.
+# after request, and a Classified is immutable, so one instance serves them all. Bounded in
+# entries and in the size of what is kept: a client inventing paths or model names costs a
+# clear now and then, and a megabyte-long model name is never kept.
 _classified: dict[tuple[str, bytes, str | None, bool], Classified] = {}
 _CLASSIFIED_MAX: Final = 1024
+_CLASSIFIED_MAX_KEY_CHARS: Final = 512
 
 
 def classify(path: str, query: bytes, content_type: bytes, body: bytes) -> Classified:
@@ -92,7 +94,8 @@ def classify(path: str, query: bytes, content_type: bytes, body: bytes) -> Class
             upstream_path=upstream_target(path, query),
             streaming=streaming,
         )
-        if len(_classified) >= _CLASSIFIED_MAX:
-            _classified.clear()
-        _classified[key] = found
+        if len(path) + len(query) + len(model or "") <= _CLASSIFIED_MAX_KEY_CHARS:
+            if len(_classified) >= _CLASSIFIED_MAX:
+                _classified.clear()
+            _classified[key] = found
     return found

@@ -74,6 +74,7 @@ def _build_request(req: HttpRequest, target: bytes, drop: frozenset[bytes]) -> t
 # child's heads repeat, and the answer is a pure function of these (``ResponseHead.raw``).
 _downstream_heads: dict[tuple[bytes, bool, bool], tuple[bytes, bool, bool]] = {}
 _DOWNSTREAM_CACHE_MAX: Final = 256
+_DOWNSTREAM_CACHE_MAX_HEAD_BYTES: Final = 1024  # what is kept stays small whatever a child sends
 
 
 def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
@@ -83,7 +84,7 @@ def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool)
     are dropped; SSE gets ``X-Accel-Buffering: no``; a close-delimited body forces a close.
     """
     raw = head.raw
-    if not raw:
+    if not raw or len(raw) > _DOWNSTREAM_CACHE_MAX_HEAD_BYTES:
         return _downstream_head(head, keep_alive, is_head_request)
     key = (raw, keep_alive, is_head_request)
     built = _downstream_heads.get(key)

@@ -54,3 +54,10 @@ def test_the_reuse_table_is_bounded() -> None:
         found = classify("/v1/chat/completions", b"", b"application/json", b'{"model":"m%d"}' % n)
         assert found.model == f"m{n}"
         assert len(classify_module._classified) <= classify_module._CLASSIFIED_MAX
+
+
+def test_long_names_are_answered_but_never_kept() -> None:
+    name = "m" * 10_000
+    found = classify("/v1/chat/completions", b"", b"application/json", b'{"model":"%s"}' % name.encode())
+    assert found.model == name
+    assert all(key[2] != name for key in classify_module._classified)

@@ -110,3 +110,11 @@ def test_downstream_cache_is_bounded() -> None:
         head, _ = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: %d" % n, False)
         assert downstream_head(head, True, False)[0].endswith(b"content-length: %d\r\n\r\n" % n)
         assert len(wire._downstream_heads) <= wire._DOWNSTREAM_CACHE_MAX
+
+
+def test_a_large_head_is_relayed_but_not_kept() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 4000 + b"\r\nContent-Length: 0"
+    head, _ = parse_head(raw, False)
+    data, _, _ = downstream_head(head, True, False)
+    assert b"x-big: " + b"a" * 4000 in data
+    assert all(key[0] != raw for key in wire._downstream_heads)
