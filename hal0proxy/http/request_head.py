@@ -64,6 +64,19 @@ class FastHead:
         self.body_start = body_start
 
 
+# A client sends the same head request after request, with only the Content-Length value
+# changing (an SDK's header set is fixed per client). Heads the parser accepted are kept keyed
+# by their bytes with that value cut out; a head with the same key is the same head but for a
+# value of digits and SP/HTAB, for which the parse is provably the same but for that one field
+# (the value is checked again on every hit). Bounded in entries and in the size of a key.
+_CACHE_MAX_ENTRIES: Final = 256
+_CACHE_MAX_KEY_BYTES: Final = 2048
+# key -> (method, target, headers, index of the Content-Length field or -1, keep_alive)
+_Template = tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], int, bool]
+_templates: dict[bytes, _Template] = {}
+_LENGTH_FIELD = b"\r\ncontent-length:"
+
+
 def parse_request_head(buf: bytes) -> FastHead | int:
     """``FastHead`` for a complete simple head, ``NEED_MORE`` or ``SLOW``."""
     end = buf.find(b"\r\n\r\n")
@@ -72,6 +85,39 @@ def parse_request_head(buf: bytes) -> FastHead | int:
             # A head ended by bare LFs: answer now rather than wait for a CRLFCRLF that never comes.
             raise BadRequest("request head lines must end with CRLF, not a bare LF")
         return NEED_MORE
+    head = buf[: end + 4]
+    # The first Content-Length field's value (between its colon and the CRLF) is cut out of the
+    # key: the key then fixes every other byte of the head, that field's position included.
+    at = head.lower().find(_LENGTH_FIELD)
+    start = value_end = 0
+    if at >= 0:
+        start = at + len(_LENGTH_FIELD)
+        value_end = head.find(b"\r\n", start)
+        key = head[:start] + head[value_end:]
+    else:
+        key = head
+    template = _templates.get(key)
+    if template is not None:
+        method, target, fields, length_index, keep_alive = template
+        headers = list(fields)
+        if length_index < 0:
+            return FastHead(method, target, headers, 0, keep_alive, end + 4)
+        value = head[start:value_end].strip(b" \t")
+        if value.isdigit() and len(value) <= 18:  # what the parse below demands of it
+            headers[length_index] = (b"content-length", value)
+            return FastHead(method, target, headers, int(value), keep_alive, end + 4)
+    parsed = _parse_simple_head(buf, end)
+    if isinstance(parsed, FastHead) and len(key) <= _CACHE_MAX_KEY_BYTES:
+        if len(_templates) >= _CACHE_MAX_ENTRIES:
+            _templates.clear()
+        names = [name for name, _ in parsed.headers]
+        length_index = names.index(b"content-length") if at >= 0 else -1
+        _templates[key] = (parsed.method, parsed.target, tuple(parsed.headers), length_index, parsed.keep_alive)
+    return parsed
+
+
+def _parse_simple_head(buf: bytes, end: int) -> FastHead | int:
+    """The full parse of a complete head ending at ``end`` (its CRLFCRLF)."""
     # The request line and every header line at once, at C speed: a token, a colon, then
     # visible octets, SP and HTAB only. That rules out obs-fold, whitespace before the colon,
     # lines without a colon and control characters (bare CR or LF, NUL) in values; anything

@@ -18,6 +18,12 @@ from tests.http.reference import reference_request_head
 
 
 def _answer(buf: bytes) -> object:
+    first = _parse_once(buf)
+    assert _parse_once(buf) == first  # the second parse may come from the template table
+    return first
+
+
+def _parse_once(buf: bytes) -> object:
     try:
         parsed = parse_request_head(buf)
     except BadRequest as problem:
@@ -165,3 +171,78 @@ def test_generated_heads_parse_like_the_oracle(
 def test_arbitrary_bytes_parse_like_the_oracle(junk: bytes) -> None:
     raw = b"POST / HTTP/1.1\r\nHost: a\r\n" + junk + b"\r\n\r\n"
     assert _answer(raw) == _expected(raw)
+
+
+_LENGTH_VALUES = st.sampled_from(
+    [b"0", b"5", b"12", b" 7 ", b"\t3", b"007", b"123456789012345678", b"1234567890123456789", b"-1", b"1 2", b"x", b""]
+)
+
+
+_BENIGN_FIELDS = st.lists(
+    st.tuples(
+        st.sampled_from([b"Content-Type", b"X-Stainless-Lang", b"Authorization", b"Connection", b"x_under_score"]),
+        _VALUES,
+        st.sampled_from([b":", b": ", b":\t"]),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    line=_LINES,
+    before=_BENIGN_FIELDS,
+    after=_BENIGN_FIELDS,
+    name=st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"]),
+    values=st.lists(_LENGTH_VALUES, min_size=2, max_size=4),
+)
+def test_heads_differing_only_in_content_length_parse_like_the_oracle(
+    line: bytes,
+    before: list[tuple[bytes, bytes, bytes]],
+    after: list[tuple[bytes, bytes, bytes]],
+    name: bytes,
+    values: list[bytes],
+) -> None:
+    """The template table answers a head seen before with another length exactly as a full parse."""
+
+    def fields(items: list[tuple[bytes, bytes, bytes]]) -> bytes:
+        return b"".join(b"\r\n" + n + sep + v for n, v, sep in items)
+
+    accepted = 0
+    for value in values:
+        raw = line + fields(before) + b"\r\nHost: a\r\n" + name + b":" + value + fields(after) + b"\r\n\r\nbody"
+        answer = _parse_once(raw)
+        assert answer == _expected(raw)
+        accepted += isinstance(answer, tuple) and answer[0] != "BadRequest"
+    if line.endswith(b"HTTP/1.1") and line.startswith((b"POST", b"GET")):
+        valid = [v for v in values if v.strip(b" \t").isdigit() and len(v.strip(b" \t")) <= 18]
+        assert accepted == len(valid)  # every head with a valid length took the fast path
+
+
+def test_a_template_hit_takes_the_new_length_and_a_fresh_header_list() -> None:
+    def raw(length: int) -> bytes:
+        return OPENAI_SDK.replace(b"Content-Length: 2\r\n\r\n{}", b"Content-Length: %d\r\n\r\n" % length)
+
+    first = parse_request_head(raw(2))
+    second = parse_request_head(raw(12345))
+    assert isinstance(first, FastHead) and isinstance(second, FastHead)
+    assert first.content_length == 2 and second.content_length == 12345
+    assert (b"content-length", b"12345") in second.headers and (b"content-length", b"2") in first.headers
+    assert first.headers is not second.headers
+    assert second.body_start == len(raw(12345))
+    first.headers.clear()
+    third = parse_request_head(raw(3))
+    assert isinstance(third, FastHead) and len(third.headers) == len(second.headers)
+    assert parse_request_head(raw(2).replace(b"Content-Length: 2", b"Content-Length: 2x")) == SLOW
+
+
+def test_the_template_table_is_bounded() -> None:
+    from hal0proxy.http import request_head
+
+    for n in range(request_head._CACHE_MAX_ENTRIES * 2):
+        parsed = parse_request_head(b"GET /v1/models?n=%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+        assert isinstance(parsed, FastHead) and parsed.target == b"/v1/models?n=%d" % n
+        assert len(request_head._templates) <= request_head._CACHE_MAX_ENTRIES
+    long_head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: " + b"v" * 5000 + b"\r\n\r\n"
+    assert isinstance(parse_request_head(long_head), FastHead)
+    assert all(len(key) <= request_head._CACHE_MAX_KEY_BYTES for key in request_head._templates)
