@@ -182,3 +182,20 @@ def test_uvloop_floor_splices_requests_and_streams(tmp_path: Path) -> None:
             floor.stop()
     finally:
         child.stop()
+
+
+def test_micro_benchmark_times_every_step(tmp_path: Path) -> None:
+    """``bench.micro``: every case runs on its bytes and gets a positive, finite time."""
+    out = tmp_path / "micro.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.micro", "--number", "20", "--repeat", "1", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    figures = orjson.loads(out.read_bytes())["now"]
+    assert len(figures) >= 15
+    assert all(_finite_positive(value) for value in figures.values()), figures
+    assert "| parse_request_head (wrk) |" in done.stdout.decode()

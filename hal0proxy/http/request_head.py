@@ -74,6 +74,7 @@ _CACHE_MAX_KEY_BYTES: Final = 2048
 # key -> (method, target, headers, index of the Content-Length field or -1, keep_alive)
 _Template = tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], int, bool]
 _templates: dict[bytes, _Template] = {}
+_seen_once: set[bytes] = set()  # keys parsed once, not (yet) kept as templates
 _LENGTH_FIELD = b"\r\ncontent-length:"
 
 
@@ -108,11 +109,18 @@ def parse_request_head(buf: bytes) -> FastHead | int:
             return FastHead(method, target, headers, int(value), keep_alive, end + 4)
     parsed = _parse_simple_head(buf, end)
     if isinstance(parsed, FastHead) and len(key) <= _CACHE_MAX_KEY_BYTES:
-        if len(_templates) >= _CACHE_MAX_ENTRIES:
-            _templates.clear()
-        names = [name for name, _ in parsed.headers]
-        length_index = names.index(b"content-length") if at >= 0 else -1
-        _templates[key] = (parsed.method, parsed.target, tuple(parsed.headers), length_index, parsed.keep_alive)
+        if key in _seen_once:
+            if len(_templates) >= _CACHE_MAX_ENTRIES:
+                _templates.clear()
+            # the field's index: one CRLF before it per field before it (and the request line's)
+            length_index = head.count(b"\r\n", 0, at) if at >= 0 else -1
+            _templates[key] = (parsed.method, parsed.target, tuple(parsed.headers), length_index, parsed.keep_alive)
+        else:
+            # Kept from its second sight on: a client whose heads never repeat (a request id in
+            # every head) costs a set insertion per request, not a template built and dropped.
+            if len(_seen_once) >= _CACHE_MAX_ENTRIES:
+                _seen_once.clear()
+            _seen_once.add(key)
     return parsed
 
 
