@@ -8,8 +8,8 @@ from typing import Final
 from hal0proxy.http.errors import ProxyError, reason_phrase
 from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens
 from hal0proxy.http.messages import HttpRequest
+from hal0proxy.http.response_reader import ResponseHead
 from hal0proxy.proxy.settings import ProxySettings
-from hal0proxy.proxy.upstream import ResponseHead
 
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
