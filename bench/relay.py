@@ -1,4 +1,4 @@
-"""Relay cost side by side: direct, hal0proxy and nginx in front of the fast child, in one run.
+"""Relay cost side by side: direct, the uvloop floor, hal0proxy and nginx in front of the fast child.
 
     python -m bench.relay                  # two rounds (order reversed), ~2 minutes; writes bench/results/relay.md
     python -m bench.relay --quick          # one short round, prints only (what tests/test_bench_smoke.py runs)
@@ -10,6 +10,9 @@ Per target and round:
   of the relay process over the run divided by the requests wrk completed);
 - **paced SSE**: 64 streams at 20 events/s from the paced child (``bench.loadgen stream --stamp``);
   relay CPU per event and per-event delay p50/p99 (client receive minus child send stamp).
+
+``uvloop-floor`` (``bench.floor``) splices bytes with uvloop and parses nothing: what any Python
+relay on uvloop pays before doing any work of its own.
 
 ``wrk`` and ``nginx`` come from Debian (``bench/install_tools.sh``); without ``wrk`` the run stops
 with that message, without ``nginx`` it is left out.
@@ -55,7 +58,9 @@ class RelayPlan:
     targets: tuple[str, ...]
 
 
-FULL = RelayPlan(rounds=2, seconds=5.0, sse_streams=64, sse_seconds=6.0, targets=("direct", "hal0proxy", "nginx"))
+FULL = RelayPlan(
+    rounds=2, seconds=5.0, sse_streams=64, sse_seconds=6.0, targets=("direct", "uvloop-floor", "hal0proxy", "nginx")
+)
 QUICK = RelayPlan(rounds=1, seconds=1.0, sse_streams=16, sse_seconds=1.5, targets=("direct", "hal0proxy"))
 
 
@@ -148,6 +153,15 @@ def _start_fast_child(name: str, log_dir: Path, tokens_per_second: float) -> tup
     return start_ready(name, argv, log_dir, [(port, name)]), port
 
 
+def _start_floor(log_dir: Path, children: dict[str, int]) -> tuple[Proc, dict[str, int]]:
+    """``bench.floor``: one process splicing a port per child, the cost of uvloop alone."""
+    ports = {model: free_port() for model in children}
+    argv = [sys.executable, "-m", "bench.floor"]
+    for model, port in ports.items():
+        argv += ["--route", f"{port}={children[model]}"]
+    return start_ready("uvloop-floor", argv, log_dir, [(port, model) for model, port in ports.items()]), ports
+
+
 def _start_baseline(rev: str, log_dir: Path, routes: dict[str, int]) -> tuple[Proc, int]:
     """hal0proxy as of git revision ``rev`` (exported to a temporary directory), same command line."""
     tree = log_dir / "baseline"
@@ -187,6 +201,10 @@ def measure(plan: RelayPlan, log_dir: Path, baseline: str | None = None) -> dict
                 base, port = _start_baseline(baseline, log_dir, children)
                 procs.append(base)
                 targets.append(Target(name, {m: port for m in children}, base))
+            elif name == "uvloop-floor":
+                floor, ports = _start_floor(log_dir, children)
+                procs.append(floor)
+                targets.append(Target(name, ports, floor))
             elif name == "nginx":
                 nginx, ports = start_nginx(log_dir, children)
                 procs.append(nginx)
@@ -285,13 +303,23 @@ def render(results: dict[str, object], command: str) -> str:
             f"| paced SSE CPU per event | {same('cpu_us_per_event')} | ≤ 1 |",
             f"| per-event delay added p99 | {added('delay_p99_us')} | ≤ 1.2 |",
         ]
+        floor = by_target.get("uvloop-floor")
+        if floor:
+
+            def above_floor(key: str) -> str:
+                return ratio(_col(proxy, key), _col(floor, key))
+
+            lines += [
+                f"| *hal0proxy ÷ uvloop-floor*: relay CPU per request | {above_floor('cpu_us_per_req')} | — |",
+                f"| *hal0proxy ÷ uvloop-floor*: paced SSE CPU per event | {above_floor('cpu_us_per_event')} | — |",
+            ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short round, direct and hal0proxy only; prints only")
-    parser.add_argument("--targets", default=None, help="comma list of direct,hal0proxy,nginx")
+    parser.add_argument("--targets", default=None, help="comma list of direct,uvloop-floor,hal0proxy,nginx")
     parser.add_argument(
         "--baseline", default=None, help="git revision: also measure hal0proxy as of it (target hal0proxy-base)"
     )

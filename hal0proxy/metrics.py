@@ -72,6 +72,7 @@ class Metrics:
         # Requests, durations and TTFB are counted as plain numbers on the hot path and
         # exported by this collector under the same names and types as before.
         self._series: dict[tuple[str | None, int], _RequestSeries] = {}
+        self._series_by_slot: dict[str | None, dict[int, _RequestSeries]] = {}  # the same series, for observe
         self._durations: dict[str, _PlainHistogram] = {}
         self._ttfbs: dict[str, _PlainHistogram] = {}
         self.upstream_unavailable_count = 0
@@ -103,13 +104,20 @@ class Metrics:
 
     # -- hot path ---------------------------------------------------------------------------
     def observe_request(self, slot: str | None, status: int, seconds: float, ttfb: float | None) -> None:
-        series = self._series.get((slot, status))
+        # Keyed slot first, then status: two plain lookups, no tuple built and hashed per call.
+        by_status = self._series_by_slot.get(slot)
+        series = None if by_status is None else by_status.get(status)
         if series is None:
             series = self._new_series(slot, status)
         series.count += 1
-        series.duration.observe(seconds)
+        # _PlainHistogram.observe, inlined: this runs once per request
+        histogram = series.duration
+        histogram.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        histogram.total += seconds
         if ttfb is not None:
-            series.ttfb.observe(ttfb)
+            histogram = series.ttfb
+            histogram.counts[bisect_left(_LATENCY_BUCKETS, ttfb)] += 1
+            histogram.total += ttfb
         if status == 502:
             self.upstream_unavailable_count += 1
 
@@ -118,6 +126,7 @@ class Metrics:
         duration = self._durations.setdefault(label, _PlainHistogram())
         ttfb = self._ttfbs.setdefault(label, _PlainHistogram())
         series = self._series[(slot, status)] = _RequestSeries(duration, ttfb)
+        self._series_by_slot.setdefault(slot, {})[status] = series
         return series
 
     def request_counts(self) -> dict[tuple[str, str], int]:

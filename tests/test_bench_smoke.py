@@ -148,3 +148,54 @@ def test_fast_child_events_carry_stamps_and_end_the_chunked_body() -> None:
     stamps = counter.feed(body)
     assert payload.startswith(b'data: {"x":1,"emu_t_ns":') and payload.endswith(b"}\n\n")
     assert counter.events == 1 and len(stamps) == 1 and stamps[0] > 0
+
+
+def test_uvloop_floor_splices_requests_and_streams(tmp_path: Path) -> None:
+    """``bench.floor`` (the relay table's uvloop-floor target) relays keep-alive requests and a stream."""
+    import http.client
+
+    from bench.relay import _start_fast_child, _start_floor
+
+    child, child_port = _start_fast_child("fast", tmp_path, 0.0)
+    try:
+        floor, ports = _start_floor(tmp_path, {"fast": child_port})
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", ports["fast"], timeout=10)
+            body = b'{"model":"fast","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
+            answers = []
+            for _ in range(3):  # one client connection, kept alive across requests
+                conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                answers.append((resp.status, resp.read()))
+            direct = http.client.HTTPConnection("127.0.0.1", child_port, timeout=10)
+            direct.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            expected = direct.getresponse().read()
+            assert answers == [(200, expected)] * 3
+            stream = body.replace(b'"max_tokens":4', b'"max_tokens":4,"stream":true')
+            conn.request("POST", "/v1/chat/completions", stream, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
+            counter = EventCounter(stamps=False)
+            counter.feed(resp.read())  # de-chunked by http.client already
+            assert counter.events == 4 + 3  # role, 4 tokens, finish, [DONE] as the child sends them
+        finally:
+            floor.stop()
+    finally:
+        child.stop()
+
+
+def test_micro_benchmark_times_every_step(tmp_path: Path) -> None:
+    """``bench.micro``: every case runs on its bytes and gets a positive, finite time."""
+    out = tmp_path / "micro.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.micro", "--number", "20", "--repeat", "1", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    figures = orjson.loads(out.read_bytes())["now"]
+    assert len(figures) >= 15
+    assert all(_finite_positive(value) for value in figures.values()), figures
+    assert "| parse_request_head (wrk) |" in done.stdout.decode()

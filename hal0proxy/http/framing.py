@@ -76,6 +76,26 @@ class ChunkedScanner:
         pos = 0
         end = len(data)
         boundary = 0  # where the last complete chunk of this feed ended
+        if self._state == _SIZE and not self._line and self.payload is None:
+            # The common case (an SSE event per read, or several): whole chunks with a bare hex
+            # size. Walk them with ``find`` alone; at the first thing that is not exactly that
+            # (an extension, the last chunk, a chunk split across reads, any fault) stop at its
+            # start and let the full state machine below take over from there.
+            while True:
+                line_end = data.find(b"\r\n", pos, pos + 18)
+                if line_end <= pos:
+                    break
+                size_line = data[pos:line_end]
+                if size_line.translate(None, _HEX_DIGITS):
+                    break
+                data_end = line_end + 2 + int(size_line, 16)
+                if data_end + 2 > end or data_end == line_end + 2 or data[data_end : data_end + 2] != b"\r\n":
+                    break
+                pos = data_end + 2
+                self.chunks += 1
+                if pos == end:
+                    return end
+            boundary = pos
         try:
             while pos < end:
                 state = self._state
@@ -180,10 +200,19 @@ class LengthScanner:
     def at_boundary(self) -> bool:
         return self._remaining == 0
 
+    @property
+    def remaining(self) -> int:
+        """Body bytes still to come."""
+        return self._remaining
+
     def feed(self, data: bytes) -> int:
-        take = min(self._remaining, len(data))
-        self._remaining -= take
-        return take
+        remaining = self._remaining
+        size = len(data)
+        if size <= remaining:  # the common case: the read is all body (no min() call)
+            self._remaining = remaining - size
+            return size
+        self._remaining = 0
+        return remaining
 
 
 class UntilCloseScanner:

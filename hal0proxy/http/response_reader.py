@@ -23,7 +23,14 @@ from typing import Final
 from hal0proxy.http.framing import BodyScanner, ChunkedScanner, LengthScanner, UntilCloseScanner
 from hal0proxy.http.problems import BadResponse
 
-__all__ = ["DEFAULT_MAX_HEAD_BYTES", "MAX_INTERIM_RESPONSES", "ResponseHead", "ResponseReader", "parse_head"]
+__all__ = [
+    "DEFAULT_MAX_HEAD_BYTES",
+    "MAX_INTERIM_RESPONSES",
+    "ResponseHead",
+    "ResponseReader",
+    "parse_head",
+    "parse_head_uncached",
+]
 
 # The same bound as a request head: llama-server's heads are ~200 bytes.
 DEFAULT_MAX_HEAD_BYTES: Final = 64 * 1024
@@ -45,7 +52,7 @@ _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"c
 
 
 class ResponseHead:
-    __slots__ = ("chunked", "headers", "keep_alive", "reason", "status", "version")
+    __slots__ = ("chunked", "headers", "keep_alive", "raw", "reason", "status", "version")
 
     def __init__(
         self,
@@ -55,6 +62,7 @@ class ResponseHead:
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
         chunked: bool,
+        raw: bytes = b"",
     ) -> None:
         self.status = status
         self.reason = reason
@@ -62,6 +70,25 @@ class ResponseHead:
         self.headers = headers  # names lower-cased, values without surrounding whitespace
         self.keep_alive = keep_alive
         self.chunked = chunked
+        # The head as received when every field above was parsed from exactly these bytes
+        # (``parse_head``); empty for a head built otherwise. Lets ``proxy.wire`` reuse the
+        # downstream head it built for the same bytes.
+        self.raw = raw
+
+
+# A child answers with the same head bytes request after request (llama-server's heads differ
+# only in Content-Length, and not even that for equal answers): the parse of a byte-identical
+# head is reused. Parsing is a pure function of the bytes, and only heads that passed every
+# check are kept, so a hit returns exactly what a fresh parse would. Bounded in entries and in
+# the size of a head, so a child sending ever-new heads costs a clear now and then, not memory.
+_CACHE_MAX_ENTRIES: Final = 256
+_CACHE_MAX_HEAD_BYTES: Final = 1024
+# head -> (status, reason, version, headers, keep_alive, chunked, framing); framing is the
+# Content-Length to scan, -1 for chunked, -2 for a body delimited by the close.
+_Parsed = tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...], bool, bool, int]
+_parsed_heads: dict[bytes, _Parsed] = {}
+_CHUNKED: Final = -1
+_UNTIL_CLOSE: Final = -2
 
 
 def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodyScanner]:
@@ -69,6 +96,42 @@ def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodySca
 
     Raises ``BadResponse`` naming the first rule the head breaks.
     """
+    if method_is_head:
+        return parse_head_uncached(head, True)  # rare: not worth a second cache key
+    hit = _parsed_heads.get(head)
+    if hit is None:
+        parsed, scanner = parse_head_uncached(head, False)
+        if len(head) <= _CACHE_MAX_HEAD_BYTES:
+            if len(_parsed_heads) >= _CACHE_MAX_ENTRIES:
+                _parsed_heads.clear()
+            if isinstance(scanner, LengthScanner):
+                framing = scanner.remaining
+            else:
+                framing = _CHUNKED if isinstance(scanner, ChunkedScanner) else _UNTIL_CLOSE
+            _parsed_heads[head] = (
+                parsed.status,
+                parsed.reason,
+                parsed.version,
+                tuple(parsed.headers),
+                parsed.keep_alive,
+                parsed.chunked,
+                framing,
+            )
+        return parsed, scanner
+    status, reason, version, headers, keep_alive, chunked, framing = hit
+    fresh: BodyScanner
+    if framing >= 0:
+        fresh = LengthScanner(framing)
+    elif framing == _CHUNKED:
+        fresh = ChunkedScanner()
+    else:
+        fresh = UntilCloseScanner()
+    # a new list each time: a caller may keep or change its head's headers
+    return ResponseHead(status, reason, version, list(headers), keep_alive, chunked, head), fresh
+
+
+def parse_head_uncached(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodyScanner]:
+    """``parse_head`` without the cache: every check runs on every call."""
     line_end = head.find(b"\r\n")
     status_line = head if line_end < 0 else head[:line_end]
     match = _STATUS_LINE.fullmatch(status_line)
@@ -131,7 +194,7 @@ def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodySca
     else:
         scanner = UntilCloseScanner()
         keep_alive = False
-    return ResponseHead(status, reason, version, headers, keep_alive, chunked), scanner
+    return ResponseHead(status, reason, version, headers, keep_alive, chunked, head), scanner
 
 
 def _explain_field_section(lines: list[bytes]) -> None:

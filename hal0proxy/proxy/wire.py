@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from typing import Final
 
 from hal0proxy.http.errors import ProxyError, reason_phrase
 from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens
 from hal0proxy.http.messages import HttpRequest
+from hal0proxy.http.response_reader import ResponseHead
 from hal0proxy.proxy.settings import ProxySettings
-from hal0proxy.proxy.upstream import ResponseHead
 
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
@@ -45,18 +46,35 @@ def upstream_request(req: HttpRequest, target: bytes, settings: ProxySettings) -
     Re-framing with our own Content-Length (the body is complete by now) means the child
     never sees the client's framing, so nothing the client sent can desynchronise it.
     """
-    headers = req.headers
     drop = _DROP_BY_POLICY[(settings.forward_conversation_id, bool(settings.api_keys))]
-    named = connection_tokens(headers)
-    if named:
-        drop = drop | named
+    data, connection = _build_request(req, target, drop)
+    if connection:
+        named = connection_tokens(req.headers)
+        if not named <= drop:
+            # The Connection field names more hop-by-hop fields (rare): build again without them.
+            data, _ = _build_request(req, target, drop | named)
+    return data
+
+
+def _build_request(req: HttpRequest, target: bytes, drop: frozenset[bytes]) -> tuple[bytes, bool]:
+    """The request bytes without the fields in ``drop``; and whether a Connection field was seen."""
     parts = [req.method, b" ", target, b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"]
-    for name, value in headers:
+    connection = False
+    for name, value in req.headers:
         if name not in drop:
-            parts.append(name + b": " + value + b"\r\n")
+            parts += (name, b": ", value, b"\r\n")  # one join at the end, no concatenation per field
+        elif name == b"connection":
+            connection = True
     parts.append(b"content-length: %d\r\n\r\n" % len(req.body))
     parts.append(req.body)
-    return b"".join(parts)
+    return b"".join(parts), connection
+
+
+# (head bytes as received, client keep-alive, HEAD request) -> downstream_head's answer: a
+# child's heads repeat, and the answer is a pure function of these (``ResponseHead.raw``).
+_downstream_heads: dict[tuple[bytes, bool, bool], tuple[bytes, bool, bool]] = {}
+_DOWNSTREAM_CACHE_MAX: Final = 256
+_DOWNSTREAM_CACHE_MAX_HEAD_BYTES: Final = 1024  # what is kept stays small whatever a child sends
 
 
 def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
@@ -65,6 +83,20 @@ def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool)
     The child's framing is kept (its body bytes are relayed verbatim); hop-by-hop headers
     are dropped; SSE gets ``X-Accel-Buffering: no``; a close-delimited body forces a close.
     """
+    raw = head.raw
+    if not raw or len(raw) > _DOWNSTREAM_CACHE_MAX_HEAD_BYTES:
+        return _downstream_head(head, keep_alive, is_head_request)
+    key = (raw, keep_alive, is_head_request)
+    built = _downstream_heads.get(key)
+    if built is None:
+        built = _downstream_head(head, keep_alive, is_head_request)
+        if len(_downstream_heads) >= _DOWNSTREAM_CACHE_MAX:
+            _downstream_heads.clear()
+        _downstream_heads[key] = built
+    return built
+
+
+def _downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
     parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason or reason_phrase(head.status))]
     sse = has_accel = has_length = False
     for name, value in head.headers:

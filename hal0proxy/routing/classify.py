@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
@@ -53,13 +54,14 @@ def model_from_body(content_type: bytes, body: bytes) -> tuple[str | None, bool]
     """Return ``(model, stream)`` from a request body; raise 400 on malformed JSON."""
     if not body:
         return None, False
-    ctype = content_type.split(b";", 1)[0].strip().lower()
-    if ctype == b"multipart/form-data":
-        match = _MULTIPART_MODEL.search(body)
-        return (match.group(1).decode("utf-8", "replace").strip() if match else None), False
-    if ctype and ctype != b"application/json" and not ctype.endswith(b"+json") and body.lstrip()[:1] != b"{":
-        # Like llama-server, accept a JSON object whatever the declared type (curl -d sends form type).
-        return None, False
+    if content_type != b"application/json":  # what SDKs send needs no normalising
+        ctype = content_type.split(b";", 1)[0].strip().lower()
+        if ctype == b"multipart/form-data":
+            match = _MULTIPART_MODEL.search(body)
+            return (match.group(1).decode("utf-8", "replace").strip() if match else None), False
+        if ctype and ctype != b"application/json" and not ctype.endswith(b"+json") and body.lstrip()[:1] != b"{":
+            # Like llama-server, accept a JSON object whatever the declared type (curl -d sends form type).
+            return None, False
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -72,11 +74,28 @@ def model_from_body(content_type: bytes, body: bytes) -> tuple[str | None, bool]
     return (model or None), doc.get("stream") is True
 
 
+# (path, query, model, streaming) -> its Classified: the same few combinations repeat request
+# after request, and a Classified is immutable, so one instance serves them all. Bounded in
+# entries and in the size of what is kept: a client inventing paths or model names costs a
+# clear now and then, and a megabyte-long model name is never kept.
+_classified: dict[tuple[str, bytes, str | None, bool], Classified] = {}
+_CLASSIFIED_MAX: Final = 1024
+_CLASSIFIED_MAX_KEY_CHARS: Final = 512
+
+
 def classify(path: str, query: bytes, content_type: bytes, body: bytes) -> Classified:
     model, streaming = model_from_body(content_type, body)
-    return Classified(
-        model=model,
-        default_slots=default_slots_for(path),
-        upstream_path=upstream_target(path, query),
-        streaming=streaming,
-    )
+    key = (path, query, model, streaming)
+    found = _classified.get(key)
+    if found is None:
+        found = Classified(
+            model=model,
+            default_slots=default_slots_for(path),
+            upstream_path=upstream_target(path, query),
+            streaming=streaming,
+        )
+        if len(path) + len(query) + len(model or "") <= _CLASSIFIED_MAX_KEY_CHARS:
+            if len(_classified) >= _CLASSIFIED_MAX:
+                _classified.clear()
+            _classified[key] = found
+    return found
