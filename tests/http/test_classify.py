@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hal0proxy.http.errors import ProxyError
-from hal0proxy.proxy import classify as classify_module
-from hal0proxy.proxy.classify import Classified, classify, default_slots_for, model_from_body, upstream_target
+from hal0proxy.routing import classify as classify_module
+from hal0proxy.routing.classify import Classified, classify, default_slots_for, model_from_body, upstream_target
 
 
 def _fresh(path: str, query: bytes, content_type: bytes, body: bytes) -> Classified:
