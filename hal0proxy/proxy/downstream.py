@@ -1,16 +1,21 @@
 """Client side of the data plane: one ``asyncio.Protocol`` per client connection.
 
-``RequestReader`` turns bytes into requests (a strict fast parser for simple heads, h11 in
-the server role for everything else) and enforces keep-alive and pipelining rules.
-Responses are not serialised through h11: a forwarded response is the child's head (minus
-hop-by-hop headers) followed by the child's body bytes, written as the objects received.
+The connection owns what lives as long as the client does: the transport, the
+``RequestReader`` (a strict fast parser for simple heads, h11 in the server role for
+everything else), keep-alive and pipelining, the one lazy timer (408, 504 first byte,
+keep-alive), the ``FlowControl`` of both directions, and the answers the proxy gives itself
+(``/v1/models``, local endpoints, errors). A forwarded request is an ``Exchange``
+(``proxy.exchange``): at most one is current, and it reports back through
+``exchange_finished``. Responses are not serialised through h11: a forwarded response is
+the child's head (minus hop-by-hop headers) followed by the child's body bytes, written as
+the objects received.
 
 Flow control towards a client that sends faster than it reads: requests answered by the
-proxy itself (``/v1/models``, errors) stop being taken while the client's write buffer is
-above its high-water mark, pipelined input waiting to be parsed is bounded (reading pauses
-past ``pipeline_buffer_bytes``), and at most ``_BURST_REQUESTS`` pipelined requests are
-answered per turn of the loop, so one burst cannot stall every other connection.
-Past ``max_connections`` open connections a new client gets ``503 proxy.overloaded`` with
+proxy itself stop being taken while the client's write buffer is above its high-water mark,
+pipelined input waiting to be parsed is bounded (reading pauses past
+``pipeline_buffer_bytes``), and at most ``_BURST_REQUESTS`` pipelined requests are answered
+per turn of the loop, so one burst cannot stall every other connection. Past
+``max_connections`` open connections a new client gets ``503 proxy.overloaded`` with
 ``Retry-After`` and is closed, counted and logged (at most once a second).
 """
 
@@ -19,20 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, cast
 
 from hal0proxy.http.errors import ProxyError, error_response, json_response, reason_phrase
-from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, encode_chunk
+from hal0proxy.http.framing import LAST_CHUNK, encode_chunk
 from hal0proxy.http.headers import date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
-from hal0proxy.http.problems import BadResponse
 from hal0proxy.proxy.context import ProxyContext
+from hal0proxy.proxy.exchange import Exchange
 from hal0proxy.proxy.flow import FlowControl
-from hal0proxy.proxy.forwarding import Forwarding
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
-from hal0proxy.proxy.routing import Lease
-from hal0proxy.proxy.upstream import UpstreamConnection
+from hal0proxy.proxy.timer import FIRST_BYTE, IDLE, REQUEST, ConnectionTimer
 from hal0proxy.proxy.wire import check_api_key
 
 log = logging.getLogger("hal0proxy.proxy")
@@ -44,71 +47,62 @@ _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # in one go stalled every other client for ~0.5 s).
 _BURST_REQUESTS = 32
 _REFUSAL_LOG_INTERVAL_S = 1.0
-# A connection timer that fires this close to its deadline counts as on time (uvloop's timers
-# have millisecond resolution).
-_TIMER_SLACK_S = 0.001
-# What an interrupted stream and an events subscriber receive when shutdown ends them.
-_SHUTDOWN_EVENT = encode_chunk(
-    b'data: {"error":{"message":"the proxy is shutting down","type":"upstream_error",'
-    b'"code":"upstream.stream_interrupted"}}\n\n'
-)
+# What an events subscriber receives when shutdown ends it.
 _FINAL_LOCAL_EVENT = b'event: shutdown\ndata: {"type":"shutdown","reason":"the proxy is shutting down"}\n\n'
 _last_refusal_log = 0.0
 
 
-class ClientConnection(Forwarding, asyncio.Protocol):
-    # The forwarding layout is declared once, in Forwarding; these are the connection's own.
-    __slots__ = ("_burst_handle", "_deadline", "_deadline_callback", "_ending", "_flow", "_local_stream", "_refused")
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_buffered",
+        "_burst_handle",
+        "_closed",
+        "_ctx",
+        "_ending",
+        "_flow",
+        "_keep_alive",
+        "_local_stream",
+        "_loop",
+        "_peer_host",
+        "_processing",
+        "_reader",
+        "_reading_request",
+        "_refused",
+        "_req",
+        "_started",
+        "_status",
+        "_task",
+        "_timer",
+        "_transport",
+        "exchange",
+    )
 
     def __init__(self, ctx: ProxyContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # Shared server state
         self._ctx = ctx
         # Injectable so the protocol tier can drive timers with a clock of its own.
         self._loop = loop if loop is not None else asyncio.get_running_loop()
+        # Per-connection state
         self._transport: asyncio.Transport | None = None
         self._peer_host: str | None = None
         self._reader = RequestReader(ctx.settings.max_header_bytes, ctx.settings.max_body_bytes, None)
-        self._req: HttpRequest | None = None
-        self._buffered = 0
-        self._busy_reset()
-        self._closed = False
         self._flow = FlowControl()
+        self._buffered = 0  # pipelined bytes received while a request is answered
+        self._closed = False
         self._processing = False
-        self._reading_request = False
-        # One timer per connection, re-armed lazily: a request moves the deadline several
-        # times (408, 504 first byte, keep-alive) and only a move to an *earlier* time than the
-        # scheduled one needs a new timer; a later one is picked up when the timer fires.
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        self._deadline_callback: Callable[[], None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._reading_request = False  # bytes of a request have arrived, the request is not complete
         self._refused = False  # accepted past the connection cap: answered 503 and closing
         self._burst_handle: asyncio.Handle | None = None
-        self._local_stream = False  # answering with a local event stream (never ends by itself)
         self._ending = False  # shutdown's last phase is ending this connection
-
-    def _busy_reset(self) -> None:
-        self._upstream: UpstreamConnection | None = None
-        self._lease: Lease | None = None
-        self._head_sent = False
-        self._resp_chunked = False
-        self._resp_sse = False
-        self._retried = False
+        self._timer = ConnectionTimer(self._loop, self._on_expired)
+        # Per-request state
+        self._req: HttpRequest | None = None
+        self.exchange: Exchange | None = None  # the forwarded request being answered
+        self._task: asyncio.Task[None] | None = None  # a local endpoint being answered
+        self._local_stream = False  # answering with a local event stream (never ends by itself)
         self._keep_alive = True
-        self._is_head = False
-        self._request_bytes = b""
-        self._scanner: BodyScanner | None = None
         self._status = 0
         self._started = 0.0
-        self._ttfb = 0.0
-
-    @property
-    def _write_paused(self) -> bool:
-        """The client is not reading its answers (its write buffer is above the high-water mark)."""
-        return self._flow.write_paused
-
-    @_write_paused.setter
-    def _write_paused(self, paused: bool) -> None:
-        self._flow.write_paused = paused
 
     @property
     def busy(self) -> bool:
@@ -129,9 +123,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
     def end_now(self) -> None:
         """Shutdown, after the grace: end whatever this connection is still doing.
 
-        An event stream between two events gets a final event and a proper end of its chunked
-        body; a response not started yet gets ``503 proxy.shutting_down``; anything else (a
-        body cut mid-event) can only be cut, visibly, by closing the connection.
+        A forwarded exchange ends as its state allows (``Exchange.end_for_shutdown``); a
+        local answer not started yet gets ``503 proxy.shutting_down``.
         """
         if self._closed:
             return
@@ -150,24 +143,15 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         if self._req is None:
             self._close()
             return
-        upstream = self._upstream
-        if upstream is not None:
-            self._upstream = None
-            upstream.abort()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.end_for_shutdown()
+            return
         task = self._task
         if task is not None:
             self._task = None
             task.cancel()
-        if not self._head_sent:
-            self._send_error(ProxyError(503, "proxy.shutting_down", "the proxy is shutting down", retry_after_s=1))
-            return
-        scanner = self._scanner
-        if self._resp_sse and self._resp_chunked and scanner is not None and scanner.at_boundary:
-            self._ctx.stats.streams_interrupted += 1
-            self._write(_SHUTDOWN_EVENT + LAST_CHUNK)
-            self._response_done()
-        else:
-            self._abort()
+        self._send_error(ProxyError(503, "proxy.shutting_down", "the proxy is shutting down", retry_after_s=1))
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -183,7 +167,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._reader.peer_host = self._peer_host
         self._ctx.stats.connections_open += 1
         self._ctx.connections.add(self)
-        self._arm(settings.keepalive_timeout_s, self._on_idle_timeout)
+        self._timer.arm(settings.keepalive_timeout_s, IDLE)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -191,7 +175,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._reader.feed(data)
         if self._req is None and not self._reading_request:
             self._reading_request = True
-            self._arm(self._ctx.settings.request_timeout_s, self._on_request_timeout)
+            self._timer.arm(self._ctx.settings.request_timeout_s, REQUEST)
         if self._req is not None:
             # A request is in flight: pipelined bytes wait in the reader; bound how many.
             self._buffered += len(data)
@@ -219,23 +203,21 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._burst_handle = None
         self._ctx.stats.connections_open -= 1
         self._ctx.connections.discard(self)
-        self._drop_timer()
-        upstream = self._upstream
-        if upstream is not None:
-            # The client is gone: close the child connection now so it stops generating.
-            self._upstream = None
-            upstream.abort()
-            self._ctx.stats.client_disconnects += 1
-        self._release_lease()
+        self._timer.drop()
+        if self.exchange is not None:
+            # The client is gone: the exchange closes the child connection so it stops generating.
+            self.exchange.client_gone()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._flow.release()
 
     def pause_writing(self) -> None:
-        self._flow.pause_writing(self._upstream)
+        exchange = self.exchange
+        self._flow.pause_writing(exchange.upstream if exchange is not None else None)
 
     def resume_writing(self) -> None:
-        self._flow.resume_writing(self._upstream)
+        exchange = self.exchange
+        self._flow.resume_writing(exchange.upstream if exchange is not None else None)
         if self._req is None and not self._closed and not self._refused:
             # The client caught up with the answers already written: take its next requests.
             self._update_reading()
@@ -258,7 +240,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         reader = self._reader
         budget = _BURST_REQUESTS
         while not self._closed:
-            if self._write_paused:
+            if self._flow.write_paused:
                 # The client is not reading its answers: take no more requests until it does
                 # (resume_writing restarts this loop); pipelined input stays bounded meanwhile.
                 self._update_reading()
@@ -286,7 +268,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._req = req
             self._keep_alive = reader.keep_alive
             self._reading_request = False
-            self._cancel_timer()
+            self._timer.cancel()
             self._dispatch()
             if self._req is not None:
                 return  # answered asynchronously; _response_done resumes parsing
@@ -302,7 +284,7 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         hold = (
             self._reader.buffered_bytes > limit
             or (self._req is not None and self._buffered > limit)
-            or (self._req is None and self._write_paused)
+            or (self._req is None and self._flow.write_paused)
         )
         if hold != self._flow.read_paused and not self._closed:
             self._flow.set_reading(hold)
@@ -330,7 +312,6 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         req = self._req
         assert req is not None
         self._started = time.perf_counter()
-        self._is_head = req.method == b"HEAD"
         path = req.path
         if path.startswith("/api/v1/") and not path.startswith("/api/v1/adapter/"):
             # lemond's documented base is /api/v1: clients moved over from lemond keep working.
@@ -341,7 +322,11 @@ class ClientConnection(Forwarding, asyncio.Protocol):
                 if req.method in (b"GET", b"HEAD"):
                     self._answer_models(req)
                     return
-            self._dispatch_forward(req)
+            assert self._transport is not None
+            exchange = self.exchange = Exchange(
+                self, self._ctx, self._loop, self._transport, self._flow, req, self._keep_alive
+            )
+            exchange.start()
         elif self._ctx.local is not None:
             self._task = self._spawn(self._serve_local(req))
         else:
@@ -386,7 +371,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._status = response.status
         # An HTTP/1.0 client does not know chunked coding (RFC 9112 §6.1): it gets the body
         # delimited by the close of the connection instead.
-        plain = self.wants_plain_body()
+        req = self._req
+        plain = req is not None and req.http_version == b"1.0"
         head = [b"HTTP/1.1 %d %s\r\n" % (response.status, reason_phrase(response.status)), date_header()]
         head += [name + b": " + value + b"\r\n" for name, value in response.headers]
         if plain:
@@ -421,20 +407,25 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         if not self._closed:
             self._response_done()
 
-    # ------------------------------------------------------------------ Exchange additions
-    def on_bad_response(self, problem: BadResponse) -> None:
-        """The child broke HTTP (its connection is already dropped): 502, or cut the response."""
-        self._upstream = None
-        self._ctx.stats.upstream_bad_responses += 1
-        log.warning("invalid response from the model server: %s", problem.message)
-        if self._head_sent:
-            self.on_lost()  # part of the response is out: end it the way a dead child ends it
-            return
-        self._fail(ProxyError(502, problem.code, problem.message))
+    # ------------------------------------------------------------------ what an exchange reports
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.write(data)
 
-    def wants_plain_body(self) -> bool:
-        req = self._req
-        return req is not None and req.http_version == b"1.0"
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def arm_first_byte_timer(self) -> None:
+        self._timer.arm(self._ctx.settings.upstream_first_byte_timeout_s, FIRST_BYTE)
+
+    def cancel_timer(self) -> None:
+        self._timer.cancel()
+
+    def exchange_finished(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None:
+        self._keep_alive = keep_alive
+        self._status = status
+        self._response_done(slot, ttfb)
 
     # ------------------------------------------------------------------ completion
     def _send_error(self, err: ProxyError) -> None:
@@ -442,89 +433,40 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._write(error_response(err, keep_alive=self._keep_alive))
         self._response_done()
 
-    def _fail(self, err: ProxyError) -> None:
-        if self._closed:
-            self._release_lease()
-            return
-        if self._head_sent:
-            self._abort()
-        else:
-            self._send_error(err)
-
-    def _response_done(self) -> None:
-        lease = self._lease
-        slot = lease.slot if lease is not None else None
-        self._release_lease()
+    def _response_done(self, slot: str | None = None, ttfb: float = 0.0) -> None:
         req = self._req
         if slot is not None or (req is not None and req.path not in _UNCOUNTED_PATHS):
-            now = time.perf_counter()
-            ttfb = self._ttfb - self._started if self._ttfb else None
-            self._ctx.observe(slot, self._status, now - self._started, ttfb)
-        self._cancel_timer()
-        keep_alive = self._keep_alive
+            started = self._started
+            self._ctx.observe(slot, self._status, time.perf_counter() - started, ttfb - started if ttfb else None)
+        self._timer.cancel()
         self._req = None
-        self._busy_reset()
+        self.exchange = None
+        self._status = 0
         if self._closed:
             return
-        if not keep_alive or self._ctx.draining or not self._reader.response_sent():
+        if not self._keep_alive or self._ctx.draining or not self._reader.response_sent():
             self._close()
             return
         self._buffered = 0
         self._update_reading()
-        self._arm(self._ctx.settings.keepalive_timeout_s, self._on_idle_timeout)
+        self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
         self._process_events()
 
-    def _release_lease(self) -> None:
-        lease = self._lease
-        if lease is not None:
-            self._lease = None
-            lease.release()
-
-    # ------------------------------------------------------------------ timers and I/O helpers
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in ``delay`` seconds unless re-armed or cancelled before."""
-        deadline = self._loop.time() + delay
-        self._deadline = deadline
-        self._deadline_callback = callback
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return  # fires in time; _on_timer moves it on to the new deadline
-            timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        # The scheduled timer stays: it finds no callback, or a later deadline, when it fires.
-        self._deadline_callback = None
-
-    def _drop_timer(self) -> None:
-        self._deadline_callback = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        callback = self._deadline_callback
-        if callback is None or self._closed:
+    # ------------------------------------------------------------------ the one timer
+    def _on_expired(self, kind: int) -> None:
+        if self._closed:
             return
-        if self._deadline - self._loop.time() > _TIMER_SLACK_S:
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-            return
-        self._deadline_callback = None
-        callback()
+        if kind == IDLE:
+            if self._req is None and not self._reading_request:
+                self._close()
+        elif kind == REQUEST:
+            if self._req is None or (self._task is None and self.exchange is None):
+                err = ProxyError(408, "request.timeout", "the request was not received in time")
+                self._write_and_close(error_response(err, keep_alive=False))
+        elif self.exchange is not None:
+            self.exchange.first_byte_timeout()
 
-    def _on_idle_timeout(self) -> None:
-        self._timer = None
-        if self._req is None and not self._reading_request:
-            self._close()
-
-    def _on_request_timeout(self) -> None:
-        self._timer = None
-        if self._req is None or (self._task is None and self._upstream is None and self._lease is None):
-            err = ProxyError(408, "request.timeout", "the request was not received in time")
-            self._write_and_close(error_response(err, keep_alive=False))
-
+    # ------------------------------------------------------------------ tasks and I/O helpers
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(coro)
         task.add_done_callback(self._task_done)
@@ -537,8 +479,8 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         log.error("request handling failed", exc_info=task.exception())
         if self._task is task:
             self._task = None
-        if not self._closed and self._req is not None and self._upstream is None:
-            self._fail(ProxyError(500, "system.internal", "internal error while handling the request"))
+        if not self._closed and self._req is not None and self.exchange is None:
+            self._send_error(ProxyError(500, "system.internal", "internal error while handling the request"))
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._closed:
@@ -551,8 +493,3 @@ class ClientConnection(Forwarding, asyncio.Protocol):
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
-
-    def _abort(self) -> None:
-        self._release_lease()
-        if self._transport is not None:
-            self._transport.abort()
