@@ -1,22 +1,17 @@
 """Client side of the data plane: one ``asyncio.Protocol`` per client connection.
 
 The connection owns what lives as long as the client does: the transport, the
-``RequestReader`` (a strict fast parser for simple heads, h11 in the server role for
-everything else), keep-alive and pipelining, the one lazy timer (408, 504 first byte,
-keep-alive), the ``FlowControl`` of both directions, and the answers the proxy gives itself
-(``/v1/models``, local endpoints, errors). A forwarded request is an ``Exchange``
-(``proxy.exchange``): at most one is current, and it reports back through
-``exchange_finished``. Responses are not serialised through h11: a forwarded response is
-the child's head (minus hop-by-hop headers) followed by the child's body bytes, written as
-the objects received.
+``RequestReader`` (fast parser for simple heads, h11 for the rest), keep-alive and
+pipelining, the one lazy timer (``proxy.timer``: 408, 504 first byte, keep-alive), the
+``FlowControl`` of both directions, and the answers the proxy gives itself (``/v1/models``,
+local endpoints, errors). A forwarded request is an ``Exchange`` (``proxy.exchange``): at
+most one is current, and it reports back through ``exchange_finished``.
 
-Flow control towards a client that sends faster than it reads: requests answered by the
-proxy itself stop being taken while the client's write buffer is above its high-water mark,
-pipelined input waiting to be parsed is bounded (reading pauses past
+A client that sends faster than it reads: answers stop being taken while its write buffer
+is above the high-water mark, pipelined input is bounded (reading pauses past
 ``pipeline_buffer_bytes``), and at most ``_BURST_REQUESTS`` pipelined requests are answered
 per turn of the loop, so one burst cannot stall every other connection. Past
-``max_connections`` open connections a new client gets ``503 proxy.overloaded`` with
-``Retry-After`` and is closed, counted and logged (at most once a second).
+``max_connections`` a new client gets ``503 proxy.overloaded`` and is closed.
 """
 
 from __future__ import annotations
@@ -27,16 +22,15 @@ import time
 from collections.abc import Coroutine
 from typing import Any, cast
 
-from hal0proxy.http.errors import ProxyError, error_response, json_response, reason_phrase
+from hal0proxy.http.errors import ProxyError, error_response
 from hal0proxy.http.framing import LAST_CHUNK, encode_chunk
-from hal0proxy.http.headers import date_header
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.exchange import Exchange
 from hal0proxy.proxy.flow import FlowControl
+from hal0proxy.proxy.local import models_answer, refusal, stream_head
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
 from hal0proxy.proxy.timer import FIRST_BYTE, IDLE, REQUEST, ConnectionTimer
-from hal0proxy.proxy.wire import check_api_key
 
 log = logging.getLogger("hal0proxy.proxy")
 
@@ -46,10 +40,8 @@ _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # /v1/models costs ~30 µs: 32 of them keep one turn near 1 ms (a 20,000-request burst answered
 # in one go stalled every other client for ~0.5 s).
 _BURST_REQUESTS = 32
-_REFUSAL_LOG_INTERVAL_S = 1.0
 # What an events subscriber receives when shutdown ends it.
 _FINAL_LOCAL_EVENT = b'event: shutdown\ndata: {"type":"shutdown","reason":"the proxy is shutting down"}\n\n'
-_last_refusal_log = 0.0
 
 
 class ClientConnection(asyncio.Protocol):
@@ -110,22 +102,16 @@ class ClientConnection(asyncio.Protocol):
         return self._req is not None or self._reading_request
 
     def close_when_idle(self) -> None:
-        """Shutdown: close now if idle; otherwise ``_response_done`` closes after this response.
-
-        A local event stream never finishes by itself, so waiting for it would only hold the
-        shutdown for its whole grace: it is ended at once, with its final event.
-        """
+        """Shutdown: close now if idle, else after this response. A local event stream never
+        ends by itself (waiting would hold shutdown for its grace): it ends now, with its final event."""
         if not self.busy:
             self._close()
         elif self._local_stream:
             self.end_now()
 
     def end_now(self) -> None:
-        """Shutdown, after the grace: end whatever this connection is still doing.
-
-        A forwarded exchange ends as its state allows (``Exchange.end_for_shutdown``); a
-        local answer not started yet gets ``503 proxy.shutting_down``.
-        """
+        """Shutdown, after the grace: a forwarded exchange ends as its state allows
+        (``Exchange.end_for_shutdown``); a local answer not started yet gets 503."""
         if self._closed:
             return
         if self._local_stream:
@@ -173,17 +159,20 @@ class ClientConnection(asyncio.Protocol):
         if self._refused:
             return
         self._reader.feed(data)
-        if self._req is None and not self._reading_request:
-            self._reading_request = True
-            self._timer.arm(self._ctx.settings.request_timeout_s, REQUEST)
         if self._req is not None:
             # A request is in flight: pipelined bytes wait in the reader; bound how many.
             self._buffered += len(data)
             if self._buffered > self._ctx.settings.pipeline_buffer_bytes:
                 self._flow.pause_reading()
             return
+        first_bytes = not self._reading_request
+        self._reading_request = True
         self._update_reading()
         self._process_events()
+        if first_bytes and self._reading_request and not self._closed:
+            # The 408 clock starts with the first byte of a request; a request complete in
+            # this read (the usual case) never needs it, so it is only armed when it is not.
+            self._timer.arm(self._ctx.settings.request_timeout_s, REQUEST)
 
     def eof_received(self) -> bool | None:
         if self._refused:
@@ -253,14 +242,15 @@ class ClientConnection(asyncio.Protocol):
             try:
                 req = reader.next_request()
             except ProxyError as err:
-                self._write_and_close(error_response(err, keep_alive=False))
+                self.write(error_response(err, keep_alive=False))
+                self._close()
                 return
             except ConnectionClosed:
                 self._close()
                 return
             if reader.send_continue:
                 reader.send_continue = False
-                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req is None:
                 self._update_reading()
                 return
@@ -290,21 +280,11 @@ class ClientConnection(asyncio.Protocol):
             self._flow.set_reading(hold)
 
     def _refuse(self, cap: int) -> None:
-        global _last_refusal_log
         self._refused = True
         self._closed = True
         self._ctx.stats.connections_refused += 1
-        now = time.monotonic()
-        if now - _last_refusal_log >= _REFUSAL_LOG_INTERVAL_S:
-            _last_refusal_log = now
-            log.warning(
-                "connection cap reached (%d open): refusing new clients with 503 (%d refused so far)",
-                cap,
-                self._ctx.stats.connections_refused,
-            )
-        err = ProxyError(503, "proxy.overloaded", f"too many open connections (limit {cap})", retry_after_s=1)
         assert self._transport is not None
-        self._transport.write(error_response(err, keep_alive=False))
+        self._transport.write(refusal(cap, self._ctx.stats.connections_refused))
         self._transport.close()
 
     # ------------------------------------------------------------------ dispatch
@@ -334,20 +314,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer_models(self, req: HttpRequest) -> None:
         try:
-            check_api_key(req, self._ctx.settings.api_keys)
+            data = models_answer(req, self._ctx.router, self._ctx.settings.api_keys, self._keep_alive)
         except ProxyError as err:
             self._send_error(err)
             return
-        payload = self._ctx.router.models_payload()
-        if req.path != "/v1/models":
-            wanted = req.path[len("/v1/models/") :]
-            found = next((m for m in payload.get("data", ()) if m.get("id") == wanted), None)
-            if found is None:
-                self._send_error(ProxyError(404, "model.not_found", f"model {wanted!r} not found"))
-                return
-            payload = found
         self._status = 200
-        self._write(json_response(200, payload, keep_alive=self._keep_alive))
+        self.write(data)
         self._response_done()
 
     # ------------------------------------------------------------------ local endpoints
@@ -356,43 +328,34 @@ class ClientConnection(asyncio.Protocol):
         try:
             response = await self._ctx.local(req)
         except ProxyError as err:
-            self._task = None
             self._send_error(err)
             return
         if isinstance(response, FullResponse):
-            self._task = None
             self._status = int(response.data[9:12])
-            self._write(response.data)
+            self.write(response.data)
             self._response_done()
             return
         await self._stream_local(response)
 
     async def _stream_local(self, response: StreamResponse) -> None:
         self._status = response.status
-        # An HTTP/1.0 client does not know chunked coding (RFC 9112 §6.1): it gets the body
-        # delimited by the close of the connection instead.
         req = self._req
         plain = req is not None and req.http_version == b"1.0"
-        head = [b"HTTP/1.1 %d %s\r\n" % (response.status, reason_phrase(response.status)), date_header()]
-        head += [name + b": " + value + b"\r\n" for name, value in response.headers]
         if plain:
             self._keep_alive = False
-            head.append(b"connection: close\r\n\r\n")
-        else:
-            head.append(b"transfer-encoding: chunked\r\n\r\n")
-        self._write(b"".join(head))
+        self.write(stream_head(response, plain))
         self._local_stream = True
         finished = False
         try:
             async for piece in response.body:
                 if self._closed or self._ending:
                     break
-                self._write(piece if plain else encode_chunk(piece))
+                self.write(piece if plain else encode_chunk(piece))
                 await self._flow.drain()
             else:
                 finished = True
                 if not plain:
-                    self._write(LAST_CHUNK)
+                    self.write(LAST_CHUNK)
         except asyncio.CancelledError:
             if not self._ending:
                 raise
@@ -400,10 +363,9 @@ class ClientConnection(asyncio.Protocol):
             self._local_stream = False
             if response.on_close is not None:
                 response.on_close()
-            self._task = None
         if self._ending and not finished and not self._closed:
             # Shutdown ends the subscription: a final event, then a proper end of the body.
-            self._write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
+            self.write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
         if not self._closed:
             self._response_done()
 
@@ -430,7 +392,7 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ completion
     def _send_error(self, err: ProxyError) -> None:
         self._status = err.status
-        self._write(error_response(err, keep_alive=self._keep_alive))
+        self.write(error_response(err, keep_alive=self._keep_alive))
         self._response_done()
 
     def _response_done(self, slot: str | None = None, ttfb: float = 0.0) -> None:
@@ -441,7 +403,6 @@ class ClientConnection(asyncio.Protocol):
         self._timer.cancel()
         self._req = None
         self.exchange = None
-        self._status = 0
         if self._closed:
             return
         if not self._keep_alive or self._ctx.draining or not self._reader.response_sent():
@@ -462,7 +423,8 @@ class ClientConnection(asyncio.Protocol):
         elif kind == REQUEST:
             if self._req is None or (self._task is None and self.exchange is None):
                 err = ProxyError(408, "request.timeout", "the request was not received in time")
-                self._write_and_close(error_response(err, keep_alive=False))
+                self.write(error_response(err, keep_alive=False))
+                self._close()
         elif self.exchange is not None:
             self.exchange.first_byte_timeout()
 
@@ -473,22 +435,14 @@ class ClientConnection(asyncio.Protocol):
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None  # (the next request's task may already have taken its place)
         # A bug must cost one request a 500, never leave a client waiting for ever.
         if task.cancelled() or task.exception() is None:
             return
         log.error("request handling failed", exc_info=task.exception())
-        if self._task is task:
-            self._task = None
         if not self._closed and self._req is not None and self.exchange is None:
             self._send_error(ProxyError(500, "system.internal", "internal error while handling the request"))
-
-    def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._closed:
-            self._transport.write(data)
-
-    def _write_and_close(self, data: bytes) -> None:
-        self._write(data)
-        self._close()
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

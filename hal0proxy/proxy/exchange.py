@@ -41,7 +41,6 @@ log = logging.getLogger("hal0proxy.proxy")
 _S = ExchangeState
 _RECEIVED, _ROUTING, _CONNECTING, _SENT = _S.RECEIVED, _S.ROUTING, _S.CONNECTING, _S.SENT
 _HEAD_RELAYED, _DONE, _FAILED, _CANCELLED = _S.HEAD_RELAYED, _S.DONE, _S.FAILED, _S.CANCELLED
-_ENDS = ENDS
 _STREAM_INTERRUPTED = encode_chunk(
     b'data: {"error":{"message":"the model server closed the stream before it finished",'
     b'"type":"upstream_error","code":"upstream.stream_interrupted"}}\n\n'
@@ -55,23 +54,13 @@ _SHUTDOWN_EVENT = encode_chunk(
 class ExchangeOwner(Protocol):
     """What an exchange needs from its client connection."""
 
-    def write(self, data: bytes) -> None:
-        """Write to the client unless it is gone."""
-        ...
-
-    def abort(self) -> None:
-        """Cut the client connection (a response under way cannot be ended honestly)."""
-        ...
-
-    def arm_first_byte_timer(self) -> None:
-        """Start the wait for the child's first byte (``exchange.first_byte_timeout`` on expiry)."""
-        ...
-
+    def write(self, data: bytes) -> None: ...  # to the client, unless it is gone
+    def abort(self) -> None: ...  # cut the client connection: a response under way cannot end honestly
+    def arm_first_byte_timer(self) -> None: ...  # calls ``first_byte_timeout`` on expiry
     def cancel_timer(self) -> None: ...
 
-    def exchange_finished(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None:
-        """The response is complete on the wire: account for it and take the next request."""
-        ...
+    # The response is complete on the wire: account for it and take the next request.
+    def exchange_finished(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None: ...
 
 
 class Exchange:
@@ -131,10 +120,6 @@ class Exchange:
     def state(self) -> ExchangeState:
         return self._state
 
-    @property
-    def lease(self) -> Lease | None:
-        return self._lease
-
     def _move(self, new: ExchangeState) -> None:
         if new not in LEGAL_MOVES[self._state]:
             raise IllegalExchangeMove(self._state, new)
@@ -169,10 +154,9 @@ class Exchange:
         try:
             lease = await self._ctx.router.acquire(classified)
         except ProxyError as err:
-            self._task = None
             self._fail(err)
             return
-        if self._state in _ENDS:  # the client went away meanwhile
+        if self._state in ENDS:  # the client went away meanwhile
             lease.release()
             return
         self._lease = lease
@@ -186,15 +170,13 @@ class Exchange:
         self._reroutes = 0
         while True:
             lease = self._lease
-            if lease is None or self._state in _ENDS:
-                self._task = None
+            if lease is None or self._state in ENDS:
                 return
             conn = None if fresh else pool.take_idle(lease.port)
             if conn is None:
                 try:
                     conn = await pool.connect(lease.port)
                 except ConnectTimeout:
-                    self._task = None
                     self._fail(ProxyError(504, "upstream.timeout", "timed out connecting to the model server"))
                     return
                 except ConnectFailed as exc:
@@ -203,10 +185,9 @@ class Exchange:
                         return
                     fresh = False
                     continue
-            if self._state in _ENDS:
+            if self._state in ENDS:
                 pool.release(conn)
                 self._release_lease()
-                self._task = None
                 return
             if conn.closed:
                 # Accepted, then closed before the request went out: the child died meanwhile.
@@ -214,7 +195,6 @@ class Exchange:
                     return
                 fresh = True
                 continue
-            self._task = None
             self._send(conn)
             return
 
@@ -241,7 +221,6 @@ class Exchange:
         False once the client has been answered (502 when there is nowhere to go)."""
         lease = self._lease
         if lease is None:
-            self._task = None
             return False
         self._ctx.pool.drop_port(lease.port)
         self._release_lease()
@@ -251,16 +230,13 @@ class Exchange:
             try:
                 new_lease = await self._ctx.router.reroute(lease)
             except ProxyError as err:
-                self._task = None
                 self._fail(err)
                 return False
-        if self._state in _ENDS:  # the client went away meanwhile
+        if self._state in ENDS:  # the client went away meanwhile
             if new_lease is not None:
                 new_lease.release()
-            self._task = None
             return False
         if new_lease is None:
-            self._task = None
             where = {"slot": lease.slot, "port": lease.port, **(details or {})}
             if ask:  # the router knows no child for it at all (a fixed table): hopeless
                 self._fail(ProxyError(502, "dispatch.upstream_unavailable", message, where))
@@ -319,7 +295,7 @@ class Exchange:
 
     def on_failed_before_response(self, reused: bool) -> None:
         self.upstream = None
-        if self._state in _ENDS:
+        if self._state in ENDS:
             self._release_lease()
             return
         if reused and not self._retried:
@@ -363,14 +339,14 @@ class Exchange:
             self.upstream = None
             upstream.abort()
             self._ctx.stats.client_disconnects += 1
-        if self._state not in _ENDS:
+        if self._state not in ENDS:
             self._move(_CANCELLED)
         self._release_lease()
         self._cancel_task()
 
     def end_for_shutdown(self) -> None:
         """Shutdown, after the grace: end the exchange as cleanly as its state allows."""
-        if self._state in _ENDS:
+        if self._state in ENDS:
             return
         self.keep_alive = False
         upstream = self.upstream
@@ -383,7 +359,7 @@ class Exchange:
             err = ProxyError(503, "proxy.shutting_down", "the proxy is shutting down", retry_after_s=1)
             self.status = err.status
             self._owner.write(error_response(err, keep_alive=False))
-            self._complete()
+            self._finish()
         elif self._between_events():
             self._ctx.stats.streams_interrupted += 1
             self._owner.write(_SHUTDOWN_EVENT + LAST_CHUNK)
@@ -421,21 +397,19 @@ class Exchange:
         self._move(_FAILED)
         self.status = err.status
         self._owner.write(error_response(err, keep_alive=self.keep_alive))
-        self._complete()
+        self._finish()
 
     def _fail(self, err: ProxyError) -> None:
-        if self._state in _ENDS:
+        if self._state in ENDS:
             self._release_lease()
         elif self._state is _HEAD_RELAYED:
             self._cut(_FAILED)
         else:
             self._answer_error(err)
 
-    def _finish(self, state: ExchangeState) -> None:
-        self._move(state)
-        self._complete()
-
-    def _complete(self) -> None:
+    def _finish(self, state: ExchangeState | None = None) -> None:
+        if state is not None:
+            self._move(state)
         lease = self._lease
         slot = lease.slot if lease is not None else None
         self._release_lease()
@@ -466,11 +440,11 @@ class Exchange:
                 task.cancel()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None  # (a later task may already have taken its place)
         # A bug must cost one request a 500, never leave a client waiting for ever.
         if task.cancelled() or task.exception() is None:
             return
         log.error("request handling failed", exc_info=task.exception())
-        if self._task is task:
-            self._task = None
-        if self._state not in _ENDS and self.upstream is None:
+        if self._state not in ENDS and self.upstream is None:
             self._fail(ProxyError(500, "system.internal", "internal error while handling the request"))

@@ -43,7 +43,10 @@ __all__ = ["ENDS", "LEGAL_MOVES", "MAX_REROUTES", "ExchangeState", "IllegalExcha
 MAX_REROUTES = 2
 
 
-class ExchangeState(enum.Enum):
+class ExchangeState(enum.StrEnum):
+    # A StrEnum, not a plain Enum: a move looks its states up in a dict and a frozenset, and a
+    # plain Enum member hashes in Python (~0.3 µs a move), a StrEnum member as a str does.
+
     #: Parsed; not yet routed.
     RECEIVED = "received"
     #: Waiting for the router (``Router.acquire``, or ``reroute`` after a stale route).
