@@ -5,7 +5,7 @@ The connection owns what lives as long as the client does: the transport, the
 pipelining, the one lazy timer (``proxy.timer``: 408, 504 first byte, keep-alive), the
 ``FlowControl`` of both directions, and the answers the proxy gives itself (``/v1/models``,
 local endpoints, errors). A forwarded request is an ``Exchange`` (``proxy.exchange``): at
-most one is current, and it reports back through ``exchange_finished``.
+most one is current, and it reports back through ``finish_response``.
 
 A client that sends faster than it reads: answers stop being taken while its write buffer
 is above the high-water mark, pipelined input is bounded (reading pauses past
@@ -30,7 +30,7 @@ from hal0proxy.proxy.exchange import Exchange
 from hal0proxy.proxy.flow import FlowControl
 from hal0proxy.proxy.local import models_answer, refusal, stream_head
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
-from hal0proxy.proxy.timer import FIRST_BYTE, IDLE, REQUEST, ConnectionTimer
+from hal0proxy.proxy.timer import IDLE, REQUEST, ConnectionTimer
 
 log = logging.getLogger("hal0proxy.proxy")
 
@@ -304,7 +304,7 @@ class ClientConnection(asyncio.Protocol):
                     return
             assert self._transport is not None
             exchange = self.exchange = Exchange(
-                self, self._ctx, self._loop, self._transport, self._flow, req, self._keep_alive
+                self, self._ctx, self._loop, self._transport, self._flow, self._timer, req, self._keep_alive
             )
             exchange.start()
         elif self._ctx.local is not None:
@@ -378,34 +378,29 @@ class ClientConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def arm_first_byte_timer(self) -> None:
-        self._timer.arm(self._ctx.settings.upstream_first_byte_timeout_s, FIRST_BYTE)
-
-    def cancel_timer(self) -> None:
-        self._timer.cancel()
-
-    def exchange_finished(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None:
-        self._keep_alive = keep_alive
-        self._status = status
-        self._response_done(slot, ttfb)
-
     # ------------------------------------------------------------------ completion
     def _send_error(self, err: ProxyError) -> None:
         self._status = err.status
         self.write(error_response(err, keep_alive=self._keep_alive))
         self._response_done()
 
-    def _response_done(self, slot: str | None = None, ttfb: float = 0.0) -> None:
+    def _response_done(self) -> None:
+        """A local answer is complete on the wire."""
+        self.finish_response(self._keep_alive, None, self._status, 0.0)
+
+    def finish_response(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None:
+        """The response is complete on the wire: account for it, then close or take the next request."""
         req = self._req
         if slot is not None or (req is not None and req.path not in _UNCOUNTED_PATHS):
             started = self._started
-            self._ctx.observe(slot, self._status, time.perf_counter() - started, ttfb - started if ttfb else None)
+            self._ctx.observe(slot, status, time.perf_counter() - started, ttfb - started if ttfb else None)
         self._timer.cancel()
         self._req = None
         self.exchange = None
+        self._keep_alive = keep_alive
         if self._closed:
             return
-        if not self._keep_alive or self._ctx.draining or not self._reader.response_sent():
+        if not keep_alive or self._ctx.draining or not self._reader.response_sent():
             self._close()
             return
         self._buffered = 0

@@ -27,6 +27,7 @@ from hal0proxy.http.problems import BadResponse
 from hal0proxy.proxy.classify import Classified, classify
 from hal0proxy.proxy.exchange_state import ENDS, LEGAL_MOVES, MAX_REROUTES, ExchangeState, IllegalExchangeMove
 from hal0proxy.proxy.routing import Lease
+from hal0proxy.proxy.timer import FIRST_BYTE, ConnectionTimer
 from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, ResponseHead, UpstreamConnection
 from hal0proxy.proxy.wire import check_api_key, downstream_head, upstream_request
 
@@ -56,11 +57,9 @@ class ExchangeOwner(Protocol):
 
     def write(self, data: bytes) -> None: ...  # to the client, unless it is gone
     def abort(self) -> None: ...  # cut the client connection: a response under way cannot end honestly
-    def arm_first_byte_timer(self) -> None: ...  # calls ``first_byte_timeout`` on expiry
-    def cancel_timer(self) -> None: ...
 
     # The response is complete on the wire: account for it and take the next request.
-    def exchange_finished(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None: ...
+    def finish_response(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None: ...
 
 
 class Exchange:
@@ -77,6 +76,7 @@ class Exchange:
         "_sse",
         "_state",
         "_task",
+        "_timer",
         "_transport",
         "is_head",
         "keep_alive",
@@ -93,6 +93,7 @@ class Exchange:
         loop: asyncio.AbstractEventLoop,
         transport: asyncio.Transport,
         flow: FlowControl,
+        timer: ConnectionTimer,
         req: HttpRequest,
         keep_alive: bool,
     ) -> None:
@@ -101,6 +102,7 @@ class Exchange:
         self._loop = loop
         self._transport = transport
         self._flow = flow
+        self._timer = timer  # the connection's; its FIRST_BYTE expiry calls first_byte_timeout
         self._state = _RECEIVED
         self._lease: Lease | None = None
         self._task: asyncio.Task[None] | None = None
@@ -252,13 +254,14 @@ class Exchange:
         self._move(_SENT)
         self.upstream = conn
         conn.send(self._request_bytes, self, self.is_head)
-        self._flow.hold_if_paused(conn)
-        self._owner.arm_first_byte_timer()
+        if self._flow.write_paused:
+            conn.pause_reading()  # the client is not reading: the child starts paused
+        self._timer.arm(self._ctx.settings.upstream_first_byte_timeout_s, FIRST_BYTE)
 
     # -- what the upstream connection reports ------------------------------------------------
     def on_head(self, head: ResponseHead, first: bytes) -> None:
         self._move(_HEAD_RELAYED)
-        self._owner.cancel_timer()
+        self._timer.cancel()
         self.ttfb = time.perf_counter()
         self.status = head.status
         data, sse, self.keep_alive = downstream_head(head, self.keep_alive, self.is_head)
@@ -411,9 +414,12 @@ class Exchange:
         if state is not None:
             self._move(state)
         lease = self._lease
-        slot = lease.slot if lease is not None else None
-        self._release_lease()
-        self._owner.exchange_finished(self.keep_alive, slot, self.status, self.ttfb)
+        if lease is not None:
+            self._lease = None
+            lease.release()
+            self._owner.finish_response(self.keep_alive, lease.slot, self.status, self.ttfb)
+        else:
+            self._owner.finish_response(self.keep_alive, None, self.status, self.ttfb)
 
     def _cut(self, state: ExchangeState) -> None:
         self._move(state)
