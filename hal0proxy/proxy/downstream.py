@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
+from time import perf_counter
 from typing import Any, cast
 
 from hal0proxy.http.errors import ProxyError, error_response
@@ -291,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
     def _dispatch(self) -> None:
         req = self._req
         assert req is not None
-        self._started = time.perf_counter()
+        self._started = perf_counter()
         path = req.path
         if path.startswith("/api/v1/") and not path.startswith("/api/v1/adapter/"):
             # lemond's documented base is /api/v1: clients moved over from lemond keep working.
@@ -393,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
         req = self._req
         if slot is not None or (req is not None and req.path not in _UNCOUNTED_PATHS):
             started = self._started
-            self._ctx.observe(slot, status, time.perf_counter() - started, ttfb - started if ttfb else None)
+            self._ctx.observe(slot, status, perf_counter() - started, ttfb - started if ttfb else None)
         self._timer.cancel()
         self._req = None
         self.exchange = None

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hal0proxy.http.errors import ProxyError, error_response
@@ -132,7 +132,8 @@ class Exchange:
         req = self.req
         ctx = self._ctx
         try:
-            check_api_key(req, ctx.settings.api_keys)
+            if ctx.settings.api_keys:
+                check_api_key(req, ctx.settings.api_keys)
             classified = classify(req.path, req.query, req.header(b"content-type") or b"", req.body)
             lease = ctx.router.acquire_now(classified)
         except ProxyError as err:
@@ -262,7 +263,7 @@ class Exchange:
     def on_head(self, head: ResponseHead, first: bytes) -> None:
         self._move(_HEAD_RELAYED)
         self._timer.cancel()
-        self.ttfb = time.perf_counter()
+        self.ttfb = perf_counter()
         self.status = head.status
         data, sse, self.keep_alive = downstream_head(head, self.keep_alive, self.is_head)
         upstream = self.upstream
