@@ -167,7 +167,6 @@ class ClientConnection(asyncio.Protocol):
             return
         first_bytes = not self._reading_request
         self._reading_request = True
-        self._update_reading()
         self._process_events()
         if first_bytes and self._reading_request and not self._closed:
             # The 408 clock starts with the first byte of a request; a request complete in
@@ -214,6 +213,9 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ request parsing
     def _process_events(self) -> None:
+        """Take the requests the reader has complete, until one is answered asynchronously.
+
+        Every way out leaves reading paused or resumed to match what is buffered."""
         # Responses answered synchronously (errors, /v1/models) call back into this method;
         # the guard turns that recursion into another turn of the loop below, so a long
         # pipeline cannot exhaust the stack.
@@ -221,11 +223,11 @@ class ClientConnection(asyncio.Protocol):
             return
         self._processing = True
         try:
-            self._process_loop()
+            self._take_requests()
         finally:
             self._processing = False
 
-    def _process_loop(self) -> None:
+    def _take_requests(self) -> None:
         reader = self._reader
         budget = _BURST_REQUESTS
         while not self._closed:
@@ -261,7 +263,8 @@ class ClientConnection(asyncio.Protocol):
             self._timer.cancel()
             self._dispatch()
             if self._req is not None:
-                return  # answered asynchronously; _response_done resumes parsing
+                self._update_reading()
+                return  # answered asynchronously; finish_response resumes parsing
 
     def _continue_burst(self) -> None:
         self._burst_handle = None
@@ -394,19 +397,18 @@ class ClientConnection(asyncio.Protocol):
         if slot is not None or (req is not None and req.path not in _UNCOUNTED_PATHS):
             started = self._started
             self._ctx.observe(slot, status, perf_counter() - started, ttfb - started if ttfb else None)
-        self._timer.cancel()
         self._req = None
         self.exchange = None
         self._keep_alive = keep_alive
         if self._closed:
             return
         if not keep_alive or self._ctx.draining or not self._reader.response_sent():
+            self._timer.cancel()
             self._close()
             return
         self._buffered = 0
-        self._update_reading()
         self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
-        self._process_events()
+        self._process_events()  # takes the next request, and resumes reading if it was held
 
     # ------------------------------------------------------------------ the one timer
     def _on_expired(self, kind: int) -> None:
