@@ -5,11 +5,8 @@ out: routing (``Router.acquire_now``, else ``acquire`` in a task), the pooled co
 its one safe retry, re-resolution when a child is not where its route said, the callbacks
 through which the upstream connection relays the response, the 504 first-byte expiry, the
 hang watch's queries, and the endings for a client that went away and for shutdown. The
-lease is released exactly once: when the exchange ends, or when the router is asked for a
-new one.
-
-The exchange talks to its client connection only through ``ExchangeOwner``; the connection
-owns the transport's lifetime, the one timer and keep-alive.
+lease is released exactly once: at the end, or when the router is asked for a new one.
+It talks to its client connection only through ``ExchangeOwner``.
 """
 
 from __future__ import annotations
@@ -219,9 +216,8 @@ class Exchange:
             await self._connect_and_send(fresh=True)
 
     async def _ask_router(self, message: str, details: dict[str, str] | None = None, *, ask: bool = True) -> bool:
-        """The child is not where the lease said: forget its pooled connections, release the
-        lease and ask the router where the model is now. True with a fresh lease in place;
-        False once the client has been answered (502 when there is nowhere to go)."""
+        """Forget the stale child's pooled connections, release the lease, ask the router where
+        the model is now: True with a fresh lease; False once the client has been answered."""
         lease = self._lease
         if lease is None:
             return False
@@ -324,24 +320,17 @@ class Exchange:
             return
         self._fail(ProxyError(502, problem.code, problem.message))
 
-    def wants_plain_body(self) -> bool:
-        """De-chunk the body: an HTTP/1.0 client cannot read chunked coding."""
+    def wants_plain_body(self) -> bool:  # de-chunk: an HTTP/1.0 client cannot read chunked coding
         return self.req.http_version == b"1.0"
 
     # -- what the connection, its timer and the hang watch report -----------------------------
     def first_byte_timeout(self) -> None:
-        upstream = self.upstream
-        if upstream is not None and self._state is _SENT:
-            self.upstream = None
-            upstream.abort()
+        if self._state is _SENT and self._drop_upstream():
             self._fail(ProxyError(504, "upstream.timeout", "the model server did not answer in time"))
 
     def client_gone(self) -> None:
         """The client connection is lost: stop the child generating, let go of everything."""
-        upstream = self.upstream
-        if upstream is not None:
-            self.upstream = None
-            upstream.abort()
+        if self._drop_upstream():
             self._ctx.stats.client_disconnects += 1
         if self._state not in ENDS:
             self._move(_CANCELLED)
@@ -353,10 +342,7 @@ class Exchange:
         if self._state in ENDS:
             return
         self.keep_alive = False
-        upstream = self.upstream
-        if upstream is not None:
-            self.upstream = None
-            upstream.abort()
+        self._drop_upstream()
         self._cancel_task()
         if self._state is not _HEAD_RELAYED:
             self._move(_CANCELLED)
@@ -372,8 +358,7 @@ class Exchange:
             self._cut(_CANCELLED)
 
     def progress_mark(self) -> tuple[Lease, tuple[int, int, int]] | None:
-        """Which response of which upstream connection, and how far it got; ``None`` when
-        the exchange is not waiting on a child (nothing here runs per chunk)."""
+        """Which response of which child connection, how far it got; ``None``: not waiting on one."""
         upstream, lease = self.upstream, self._lease
         if upstream is None or lease is None:
             return None
@@ -382,9 +367,8 @@ class Exchange:
         return lease, (id(upstream), upstream.requests, progress)
 
     def end_hung_exchange(self) -> None:
-        """The child stopped answering: drop the connection; the loss is handled as for a dead
-        child (re-resolved before any byte reached the client, else ended with the interrupted
-        event) — never retried on the same child."""
+        """The child stopped answering: drop its connection; the loss then ends the exchange as a
+        dead child's does (rerouted, or the interrupted event), never retried on that child."""
         upstream = self.upstream
         if upstream is None:
             return
@@ -393,6 +377,15 @@ class Exchange:
             upstream.transport.abort()
 
     # -- endings -----------------------------------------------------------------------------
+    def _drop_upstream(self) -> bool:
+        """Abort the child connection (it must stop generating); False when there is none."""
+        upstream = self.upstream
+        if upstream is None:
+            return False
+        self.upstream = None
+        upstream.abort()
+        return True
+
     def _between_events(self) -> bool:
         scanner = self._scanner
         return self._sse and scanner is not None and scanner.at_boundary

@@ -13,7 +13,6 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from hal0proxy.http.errors import ProxyError
 from hal0proxy.proxy.classify import Classified
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.downstream import ClientConnection
@@ -170,7 +169,7 @@ class ScriptedRouter:
         self.port = port
         self.fast = fast
         self.gate: asyncio.Event | None = None
-        self.acquire_error: ProxyError | None = None
+        self.acquire_error: Exception | None = None
         self.reroute_ports: list[int | None] = []
         self.reroute_calls = 0
         self.hung: list[int] = []

@@ -606,3 +606,18 @@ def test_hang_mid_stream_ends_it_with_the_interrupted_event() -> None:
     h.upstream.connection_lost(None)
     assert exchange.state is S.DONE and b"upstream.stream_interrupted" in h.client.take()
     assert exchange.progress_mark() is None and router.all_released_once()
+
+
+# -- a bug costs one request a 500 -------------------------------------------------------------
+
+
+async def test_a_bug_in_a_slow_path_task_answers_500_and_keeps_the_connection() -> None:
+    h, router, _ = _scripted(fast=False)
+    router.acquire_error = RuntimeError("a bug")
+    h.send(chat_request())
+    exchange = _current(h)
+    await settle()
+    assert exchange.state is S.FAILED
+    out = h.client.take()
+    assert _status(out) == 500 and _error(out)[0] == "system.internal"
+    assert not h.client.closing and h.conn.exchange is None
