@@ -1,39 +1,36 @@
 """Client side of the data plane: one ``asyncio.Protocol`` per client connection.
 
-``RequestReader`` turns bytes into requests (a strict fast parser for simple heads, h11 in
-the server role for everything else) and enforces keep-alive and pipelining rules.
-Responses are not serialised through h11: a forwarded response is the child's head (minus
-hop-by-hop headers) followed by the child's body bytes, written as the objects received.
+The connection owns what lives as long as the client does: the transport, the
+``RequestReader`` (fast parser for simple heads, h11 for the rest), keep-alive and
+pipelining, the one lazy timer (``proxy.timer``: 408, 504 first byte, keep-alive), the
+``FlowControl`` of both directions, and the answers the proxy gives itself (``/v1/models``,
+local endpoints, errors). A forwarded request is an ``Exchange`` (``proxy.exchange``): at
+most one is current, and it reports back through ``finish_response``.
 
-Flow control towards a client that sends faster than it reads: requests answered by the
-proxy itself (``/v1/models``, errors) stop being taken while the client's write buffer is
-above its high-water mark, pipelined input waiting to be parsed is bounded (reading pauses
-past ``pipeline_buffer_bytes``), and at most ``_BURST_REQUESTS`` pipelined requests are
-answered per turn of the loop, so one burst cannot stall every other connection.
-Past ``max_connections`` open connections a new client gets ``503 proxy.overloaded`` with
-``Retry-After`` and is closed, counted and logged (at most once a second).
+A client that sends faster than it reads: answers stop being taken while its write buffer
+is above the high-water mark, pipelined input is bounded (reading pauses past
+``pipeline_buffer_bytes``), and at most ``_BURST_REQUESTS`` pipelined requests are answered
+per turn of the loop, so one burst cannot stall every other connection. Past
+``max_connections`` a new client gets ``503 proxy.overloaded`` and is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
+from time import perf_counter
 from typing import Any, cast
 
-from hal0proxy.http.errors import ProxyError, error_response, json_response, reason_phrase
-from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, encode_chunk
-from hal0proxy.http.headers import date_header
+from hal0proxy.http.errors import ProxyError, error_response
+from hal0proxy.http.framing import LAST_CHUNK, encode_chunk
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
-from hal0proxy.http.problems import BadResponse
 from hal0proxy.proxy.context import ProxyContext
+from hal0proxy.proxy.exchange import Exchange
 from hal0proxy.proxy.flow import FlowControl
-from hal0proxy.proxy.forwarding import Forwarding
+from hal0proxy.proxy.local import models_answer, refusal, stream_head
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
-from hal0proxy.proxy.upstream import UpstreamConnection
-from hal0proxy.proxy.wire import check_api_key
-from hal0proxy.routing.contract import Lease
+from hal0proxy.proxy.timer import IDLE, REQUEST, ConnectionTimer
 
 log = logging.getLogger("hal0proxy.proxy")
 
@@ -43,72 +40,61 @@ _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # /v1/models costs ~30 µs: 32 of them keep one turn near 1 ms (a 20,000-request burst answered
 # in one go stalled every other client for ~0.5 s).
 _BURST_REQUESTS = 32
-_REFUSAL_LOG_INTERVAL_S = 1.0
-# A connection timer that fires this close to its deadline counts as on time (uvloop's timers
-# have millisecond resolution).
-_TIMER_SLACK_S = 0.001
-# What an interrupted stream and an events subscriber receive when shutdown ends them.
-_SHUTDOWN_EVENT = encode_chunk(
-    b'data: {"error":{"message":"the proxy is shutting down","type":"upstream_error",'
-    b'"code":"upstream.stream_interrupted"}}\n\n'
-)
+# What an events subscriber receives when shutdown ends it.
 _FINAL_LOCAL_EVENT = b'event: shutdown\ndata: {"type":"shutdown","reason":"the proxy is shutting down"}\n\n'
-_last_refusal_log = 0.0
 
 
-class ClientConnection(Forwarding, asyncio.Protocol):
-    # The forwarding layout is declared once, in Forwarding; these are the connection's own.
-    __slots__ = ("_burst_handle", "_deadline", "_deadline_callback", "_ending", "_flow", "_local_stream", "_refused")
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_buffered",
+        "_burst_handle",
+        "_closed",
+        "_ctx",
+        "_ending",
+        "_flow",
+        "_keep_alive",
+        "_local_stream",
+        "_loop",
+        "_peer_host",
+        "_processing",
+        "_reader",
+        "_reading_request",
+        "_refused",
+        "_req",
+        "_started",
+        "_status",
+        "_task",
+        "_timer",
+        "_transport",
+        "exchange",
+    )
 
     def __init__(self, ctx: ProxyContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # Shared server state
         self._ctx = ctx
         # Injectable so the protocol tier can drive timers with a clock of its own.
         self._loop = loop if loop is not None else asyncio.get_running_loop()
+        # Per-connection state
         self._transport: asyncio.Transport | None = None
         self._peer_host: str | None = None
         self._reader = RequestReader(ctx.settings.max_header_bytes, ctx.settings.max_body_bytes, None)
-        self._req: HttpRequest | None = None
-        self._buffered = 0
-        self._busy_reset()
-        self._closed = False
         self._flow = FlowControl()
+        self._buffered = 0  # pipelined bytes received while a request is answered
+        self._closed = False
         self._processing = False
-        self._reading_request = False
-        # One timer per connection, re-armed lazily: a request moves the deadline several
-        # times (408, 504 first byte, keep-alive) and only a move to an *earlier* time than the
-        # scheduled one needs a new timer; a later one is picked up when the timer fires.
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        self._deadline_callback: Callable[[], None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._reading_request = False  # bytes of a request have arrived, the request is not complete
         self._refused = False  # accepted past the connection cap: answered 503 and closing
         self._burst_handle: asyncio.Handle | None = None
-        self._local_stream = False  # answering with a local event stream (never ends by itself)
         self._ending = False  # shutdown's last phase is ending this connection
-
-    def _busy_reset(self) -> None:
-        self._upstream: UpstreamConnection | None = None
-        self._lease: Lease | None = None
-        self._head_sent = False
-        self._resp_chunked = False
-        self._resp_sse = False
-        self._retried = False
+        self._timer = ConnectionTimer(self._loop, self._on_expired)
+        # Per-request state
+        self._req: HttpRequest | None = None
+        self.exchange: Exchange | None = None  # the forwarded request being answered
+        self._task: asyncio.Task[None] | None = None  # a local endpoint being answered
+        self._local_stream = False  # answering with a local event stream (never ends by itself)
         self._keep_alive = True
-        self._is_head = False
-        self._request_bytes = b""
-        self._scanner: BodyScanner | None = None
         self._status = 0
         self._started = 0.0
-        self._ttfb = 0.0
-
-    @property
-    def _write_paused(self) -> bool:
-        """The client is not reading its answers (its write buffer is above the high-water mark)."""
-        return self._flow.write_paused
-
-    @_write_paused.setter
-    def _write_paused(self, paused: bool) -> None:
-        self._flow.write_paused = paused
 
     @property
     def busy(self) -> bool:
@@ -116,23 +102,16 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         return self._req is not None or self._reading_request
 
     def close_when_idle(self) -> None:
-        """Shutdown: close now if idle; otherwise ``_response_done`` closes after this response.
-
-        A local event stream never finishes by itself, so waiting for it would only hold the
-        shutdown for its whole grace: it is ended at once, with its final event.
-        """
+        """Shutdown: close now if idle, else after this response. A local event stream never
+        ends by itself (waiting would hold shutdown for its grace): it ends now, with its final event."""
         if not self.busy:
             self._close()
         elif self._local_stream:
             self.end_now()
 
     def end_now(self) -> None:
-        """Shutdown, after the grace: end whatever this connection is still doing.
-
-        An event stream between two events gets a final event and a proper end of its chunked
-        body; a response not started yet gets ``503 proxy.shutting_down``; anything else (a
-        body cut mid-event) can only be cut, visibly, by closing the connection.
-        """
+        """Shutdown, after the grace: a forwarded exchange ends as its state allows
+        (``Exchange.end_for_shutdown``); a local answer not started yet gets 503."""
         if self._closed:
             return
         if self._local_stream:
@@ -150,24 +129,15 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         if self._req is None:
             self._close()
             return
-        upstream = self._upstream
-        if upstream is not None:
-            self._upstream = None
-            upstream.abort()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.end_for_shutdown()
+            return
         task = self._task
         if task is not None:
             self._task = None
             task.cancel()
-        if not self._head_sent:
-            self._send_error(ProxyError(503, "proxy.shutting_down", "the proxy is shutting down", retry_after_s=1))
-            return
-        scanner = self._scanner
-        if self._resp_sse and self._resp_chunked and scanner is not None and scanner.at_boundary:
-            self._ctx.stats.streams_interrupted += 1
-            self._write(_SHUTDOWN_EVENT + LAST_CHUNK)
-            self._response_done()
-        else:
-            self._abort()
+        self._send_error(ProxyError(503, "proxy.shutting_down", "the proxy is shutting down", retry_after_s=1))
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -183,23 +153,25 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         self._reader.peer_host = self._peer_host
         self._ctx.stats.connections_open += 1
         self._ctx.connections.add(self)
-        self._arm(settings.keepalive_timeout_s, self._on_idle_timeout)
+        self._timer.arm(settings.keepalive_timeout_s, IDLE)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
         self._reader.feed(data)
-        if self._req is None and not self._reading_request:
-            self._reading_request = True
-            self._arm(self._ctx.settings.request_timeout_s, self._on_request_timeout)
         if self._req is not None:
             # A request is in flight: pipelined bytes wait in the reader; bound how many.
             self._buffered += len(data)
             if self._buffered > self._ctx.settings.pipeline_buffer_bytes:
                 self._flow.pause_reading()
             return
-        self._update_reading()
+        first_bytes = not self._reading_request
+        self._reading_request = True
         self._process_events()
+        if first_bytes and self._reading_request and not self._closed:
+            # The 408 clock starts with the first byte of a request; a request complete in
+            # this read (the usual case) never needs it, so it is only armed when it is not.
+            self._timer.arm(self._ctx.settings.request_timeout_s, REQUEST)
 
     def eof_received(self) -> bool | None:
         if self._refused:
@@ -219,23 +191,21 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._burst_handle = None
         self._ctx.stats.connections_open -= 1
         self._ctx.connections.discard(self)
-        self._drop_timer()
-        upstream = self._upstream
-        if upstream is not None:
-            # The client is gone: close the child connection now so it stops generating.
-            self._upstream = None
-            upstream.abort()
-            self._ctx.stats.client_disconnects += 1
-        self._release_lease()
+        self._timer.drop()
+        if self.exchange is not None:
+            # The client is gone: the exchange closes the child connection so it stops generating.
+            self.exchange.client_gone()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._flow.release()
 
     def pause_writing(self) -> None:
-        self._flow.pause_writing(self._upstream)
+        exchange = self.exchange
+        self._flow.pause_writing(exchange.upstream if exchange is not None else None)
 
     def resume_writing(self) -> None:
-        self._flow.resume_writing(self._upstream)
+        exchange = self.exchange
+        self._flow.resume_writing(exchange.upstream if exchange is not None else None)
         if self._req is None and not self._closed and not self._refused:
             # The client caught up with the answers already written: take its next requests.
             self._update_reading()
@@ -243,6 +213,9 @@ class ClientConnection(Forwarding, asyncio.Protocol):
 
     # ------------------------------------------------------------------ request parsing
     def _process_events(self) -> None:
+        """Take the requests the reader has complete, until one is answered asynchronously.
+
+        Every way out leaves reading paused or resumed to match what is buffered."""
         # Responses answered synchronously (errors, /v1/models) call back into this method;
         # the guard turns that recursion into another turn of the loop below, so a long
         # pipeline cannot exhaust the stack.
@@ -250,15 +223,15 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             return
         self._processing = True
         try:
-            self._process_loop()
+            self._take_requests()
         finally:
             self._processing = False
 
-    def _process_loop(self) -> None:
+    def _take_requests(self) -> None:
         reader = self._reader
         budget = _BURST_REQUESTS
         while not self._closed:
-            if self._write_paused:
+            if self._flow.write_paused:
                 # The client is not reading its answers: take no more requests until it does
                 # (resume_writing restarts this loop); pipelined input stays bounded meanwhile.
                 self._update_reading()
@@ -271,14 +244,15 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             try:
                 req = reader.next_request()
             except ProxyError as err:
-                self._write_and_close(error_response(err, keep_alive=False))
+                self.write(error_response(err, keep_alive=False))
+                self._close()
                 return
             except ConnectionClosed:
                 self._close()
                 return
             if reader.send_continue:
                 reader.send_continue = False
-                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req is None:
                 self._update_reading()
                 return
@@ -286,10 +260,11 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._req = req
             self._keep_alive = reader.keep_alive
             self._reading_request = False
-            self._cancel_timer()
+            self._timer.cancel()
             self._dispatch()
             if self._req is not None:
-                return  # answered asynchronously; _response_done resumes parsing
+                self._update_reading()
+                return  # answered asynchronously; finish_response resumes parsing
 
     def _continue_burst(self) -> None:
         self._burst_handle = None
@@ -302,35 +277,24 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         hold = (
             self._reader.buffered_bytes > limit
             or (self._req is not None and self._buffered > limit)
-            or (self._req is None and self._write_paused)
+            or (self._req is None and self._flow.write_paused)
         )
         if hold != self._flow.read_paused and not self._closed:
             self._flow.set_reading(hold)
 
     def _refuse(self, cap: int) -> None:
-        global _last_refusal_log
         self._refused = True
         self._closed = True
         self._ctx.stats.connections_refused += 1
-        now = time.monotonic()
-        if now - _last_refusal_log >= _REFUSAL_LOG_INTERVAL_S:
-            _last_refusal_log = now
-            log.warning(
-                "connection cap reached (%d open): refusing new clients with 503 (%d refused so far)",
-                cap,
-                self._ctx.stats.connections_refused,
-            )
-        err = ProxyError(503, "proxy.overloaded", f"too many open connections (limit {cap})", retry_after_s=1)
         assert self._transport is not None
-        self._transport.write(error_response(err, keep_alive=False))
+        self._transport.write(refusal(cap, self._ctx.stats.connections_refused))
         self._transport.close()
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self) -> None:
         req = self._req
         assert req is not None
-        self._started = time.perf_counter()
-        self._is_head = req.method == b"HEAD"
+        self._started = perf_counter()
         path = req.path
         if path.startswith("/api/v1/") and not path.startswith("/api/v1/adapter/"):
             # lemond's documented base is /api/v1: clients moved over from lemond keep working.
@@ -341,7 +305,11 @@ class ClientConnection(Forwarding, asyncio.Protocol):
                 if req.method in (b"GET", b"HEAD"):
                     self._answer_models(req)
                     return
-            self._dispatch_forward(req)
+            assert self._transport is not None
+            exchange = self.exchange = Exchange(
+                self, self._ctx, self._loop, self._transport, self._flow, self._timer, req, self._keep_alive
+            )
+            exchange.start()
         elif self._ctx.local is not None:
             self._task = self._spawn(self._serve_local(req))
         else:
@@ -349,20 +317,12 @@ class ClientConnection(Forwarding, asyncio.Protocol):
 
     def _answer_models(self, req: HttpRequest) -> None:
         try:
-            check_api_key(req, self._ctx.settings.api_keys)
+            data = models_answer(req, self._ctx.router, self._ctx.settings.api_keys, self._keep_alive)
         except ProxyError as err:
             self._send_error(err)
             return
-        payload = self._ctx.router.models_payload()
-        if req.path != "/v1/models":
-            wanted = req.path[len("/v1/models/") :]
-            found = next((m for m in payload.get("data", ()) if m.get("id") == wanted), None)
-            if found is None:
-                self._send_error(ProxyError(404, "model.not_found", f"model {wanted!r} not found"))
-                return
-            payload = found
         self._status = 200
-        self._write(json_response(200, payload, keep_alive=self._keep_alive))
+        self.write(data)
         self._response_done()
 
     # ------------------------------------------------------------------ local endpoints
@@ -371,42 +331,34 @@ class ClientConnection(Forwarding, asyncio.Protocol):
         try:
             response = await self._ctx.local(req)
         except ProxyError as err:
-            self._task = None
             self._send_error(err)
             return
         if isinstance(response, FullResponse):
-            self._task = None
             self._status = int(response.data[9:12])
-            self._write(response.data)
+            self.write(response.data)
             self._response_done()
             return
         await self._stream_local(response)
 
     async def _stream_local(self, response: StreamResponse) -> None:
         self._status = response.status
-        # An HTTP/1.0 client does not know chunked coding (RFC 9112 §6.1): it gets the body
-        # delimited by the close of the connection instead.
-        plain = self.wants_plain_body()
-        head = [b"HTTP/1.1 %d %s\r\n" % (response.status, reason_phrase(response.status)), date_header()]
-        head += [name + b": " + value + b"\r\n" for name, value in response.headers]
+        req = self._req
+        plain = req is not None and req.http_version == b"1.0"
         if plain:
             self._keep_alive = False
-            head.append(b"connection: close\r\n\r\n")
-        else:
-            head.append(b"transfer-encoding: chunked\r\n\r\n")
-        self._write(b"".join(head))
+        self.write(stream_head(response, plain))
         self._local_stream = True
         finished = False
         try:
             async for piece in response.body:
                 if self._closed or self._ending:
                     break
-                self._write(piece if plain else encode_chunk(piece))
+                self.write(piece if plain else encode_chunk(piece))
                 await self._flow.drain()
             else:
                 finished = True
                 if not plain:
-                    self._write(LAST_CHUNK)
+                    self.write(LAST_CHUNK)
         except asyncio.CancelledError:
             if not self._ending:
                 raise
@@ -414,145 +366,81 @@ class ClientConnection(Forwarding, asyncio.Protocol):
             self._local_stream = False
             if response.on_close is not None:
                 response.on_close()
-            self._task = None
         if self._ending and not finished and not self._closed:
             # Shutdown ends the subscription: a final event, then a proper end of the body.
-            self._write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
+            self.write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
         if not self._closed:
             self._response_done()
 
-    # ------------------------------------------------------------------ Exchange additions
-    def on_bad_response(self, problem: BadResponse) -> None:
-        """The child broke HTTP (its connection is already dropped): 502, or cut the response."""
-        self._upstream = None
-        self._ctx.stats.upstream_bad_responses += 1
-        log.warning("invalid response from the model server: %s", problem.message)
-        if self._head_sent:
-            self.on_lost()  # part of the response is out: end it the way a dead child ends it
-            return
-        self._fail(ProxyError(502, problem.code, problem.message))
+    # ------------------------------------------------------------------ what an exchange reports
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.write(data)
 
-    def wants_plain_body(self) -> bool:
-        req = self._req
-        return req is not None and req.http_version == b"1.0"
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     # ------------------------------------------------------------------ completion
     def _send_error(self, err: ProxyError) -> None:
         self._status = err.status
-        self._write(error_response(err, keep_alive=self._keep_alive))
+        self.write(error_response(err, keep_alive=self._keep_alive))
         self._response_done()
 
-    def _fail(self, err: ProxyError) -> None:
-        if self._closed:
-            self._release_lease()
-            return
-        if self._head_sent:
-            self._abort()
-        else:
-            self._send_error(err)
-
     def _response_done(self) -> None:
-        lease = self._lease
-        slot = lease.slot if lease is not None else None
-        self._release_lease()
+        """A local answer is complete on the wire."""
+        self.finish_response(self._keep_alive, None, self._status, 0.0)
+
+    def finish_response(self, keep_alive: bool, slot: str | None, status: int, ttfb: float) -> None:
+        """The response is complete on the wire: account for it, then close or take the next request."""
         req = self._req
         if slot is not None or (req is not None and req.path not in _UNCOUNTED_PATHS):
-            now = time.perf_counter()
-            ttfb = self._ttfb - self._started if self._ttfb else None
-            self._ctx.observe(slot, self._status, now - self._started, ttfb)
-        self._cancel_timer()
-        keep_alive = self._keep_alive
+            started = self._started
+            self._ctx.observe(slot, status, perf_counter() - started, ttfb - started if ttfb else None)
         self._req = None
-        self._busy_reset()
+        self.exchange = None
+        self._keep_alive = keep_alive
         if self._closed:
             return
         if not keep_alive or self._ctx.draining or not self._reader.response_sent():
+            self._timer.cancel()
             self._close()
             return
         self._buffered = 0
-        self._update_reading()
-        self._arm(self._ctx.settings.keepalive_timeout_s, self._on_idle_timeout)
-        self._process_events()
+        self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
+        self._process_events()  # takes the next request, and resumes reading if it was held
 
-    def _release_lease(self) -> None:
-        lease = self._lease
-        if lease is not None:
-            self._lease = None
-            lease.release()
-
-    # ------------------------------------------------------------------ timers and I/O helpers
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        """Call ``callback`` in ``delay`` seconds unless re-armed or cancelled before."""
-        deadline = self._loop.time() + delay
-        self._deadline = deadline
-        self._deadline_callback = callback
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return  # fires in time; _on_timer moves it on to the new deadline
-            timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        # The scheduled timer stays: it finds no callback, or a later deadline, when it fires.
-        self._deadline_callback = None
-
-    def _drop_timer(self) -> None:
-        self._deadline_callback = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        callback = self._deadline_callback
-        if callback is None or self._closed:
+    # ------------------------------------------------------------------ the one timer
+    def _on_expired(self, kind: int) -> None:
+        if self._closed:
             return
-        if self._deadline - self._loop.time() > _TIMER_SLACK_S:
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-            return
-        self._deadline_callback = None
-        callback()
+        if kind == IDLE:
+            if self._req is None and not self._reading_request:
+                self._close()
+        elif kind == REQUEST:
+            if self._req is None or (self._task is None and self.exchange is None):
+                err = ProxyError(408, "request.timeout", "the request was not received in time")
+                self.write(error_response(err, keep_alive=False))
+                self._close()
+        elif self.exchange is not None:
+            self.exchange.first_byte_timeout()
 
-    def _on_idle_timeout(self) -> None:
-        self._timer = None
-        if self._req is None and not self._reading_request:
-            self._close()
-
-    def _on_request_timeout(self) -> None:
-        self._timer = None
-        if self._req is None or (self._task is None and self._upstream is None and self._lease is None):
-            err = ProxyError(408, "request.timeout", "the request was not received in time")
-            self._write_and_close(error_response(err, keep_alive=False))
-
+    # ------------------------------------------------------------------ tasks and I/O helpers
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(coro)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None  # (the next request's task may already have taken its place)
         # A bug must cost one request a 500, never leave a client waiting for ever.
         if task.cancelled() or task.exception() is None:
             return
         log.error("request handling failed", exc_info=task.exception())
-        if self._task is task:
-            self._task = None
-        if not self._closed and self._req is not None and self._upstream is None:
-            self._fail(ProxyError(500, "system.internal", "internal error while handling the request"))
-
-    def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._closed:
-            self._transport.write(data)
-
-    def _write_and_close(self, data: bytes) -> None:
-        self._write(data)
-        self._close()
+        if not self._closed and self._req is not None and self.exchange is None:
+            self._send_error(ProxyError(500, "system.internal", "internal error while handling the request"))
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
-
-    def _abort(self) -> None:
-        self._release_lease()
-        if self._transport is not None:
-            self._transport.abort()

@@ -80,11 +80,6 @@ class FlowControl:
         if self._writable is not None:
             self._writable.set()
 
-    def hold_if_paused(self, source: Pausable) -> None:
-        """A new source starts while the client is not reading: it starts paused."""
-        if self.write_paused:
-            source.pause_reading()
-
     async def drain(self) -> None:
         """Return once the client's write buffer is below its low-water mark (or it is gone)."""
         if not self.write_paused:

@@ -35,7 +35,7 @@ Mark = tuple[int, int, int]
 
 
 class Watched(Protocol):
-    """What a client connection exposes to the watch (``Forwarding`` implements it)."""
+    """What an exchange exposes to the watch (``proxy.exchange.Exchange`` implements it)."""
 
     def progress_mark(self) -> tuple[Lease, Mark] | None: ...
 
@@ -139,12 +139,14 @@ class HangWatch:
         self._declare_hung(port)
 
     def _exchanges(self) -> list[tuple[Watched, Lease, Mark]]:
-        """Every client connection with an exchange waiting on a child, with its mark."""
+        """Every exchange waiting on a child, with its mark."""
         out: list[tuple[Watched, Lease, Mark]] = []
         for conn in list(self.ctx.connections):
-            if not hasattr(conn, "progress_mark"):
-                continue  # not a forwarding connection
-            watched = cast(Watched, conn)
+            # A client connection's current exchange, if any (or anything watchable itself).
+            candidate = getattr(conn, "exchange", conn)
+            if not hasattr(candidate, "progress_mark"):
+                continue  # idle, or answering locally
+            watched = cast(Watched, candidate)
             found = watched.progress_mark()
             if found is not None:
                 out.append((watched, found[0], found[1]))

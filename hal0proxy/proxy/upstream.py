@@ -184,7 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         self.exchange = None
         self.scanner = None
-        self.resume_reading()
+        if self.reading_paused:
+            self.resume_reading()
         if self.keep_alive and not self.closed:
             self._pool.release(self)
         else:
@@ -238,8 +239,10 @@ class UpstreamPool:
         return proto
 
     def release(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(conn.port, [])
-        if len(idle) >= self.max_idle_per_port:
+        idle = self._idle.get(conn.port)
+        if idle is None:  # (not setdefault: its default list would be built on every call)
+            idle = self._idle[conn.port] = []
+        elif len(idle) >= self.max_idle_per_port:
             conn.closed = True
             if conn.transport is not None:
                 conn.transport.close()

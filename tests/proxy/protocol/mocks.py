@@ -7,6 +7,7 @@ without sockets and without real sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from typing import Any
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.downstream import ClientConnection
 from hal0proxy.proxy.settings import ProxySettings
-from hal0proxy.proxy.upstream import UpstreamConnection, UpstreamPool
-from hal0proxy.routing.contract import StaticRouter
+from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection, UpstreamPool
+from hal0proxy.routing.classify import Classified
+from hal0proxy.routing.contract import Lease, Router, StaticRouter
 
 CHILD_PORT = 9
 
@@ -92,11 +94,15 @@ class MockTimer:
 class MockLoop:
     """``time``/``call_at``/``call_later``/``call_soon`` on a clock moved by ``advance``.
 
-    ``create_task`` is refused: the paths under test here must not need a task (a task on
-    this path would be a regression of the synchronous fast path).
+    ``create_task`` is refused unless ``tasks`` is set: the fast path must not need a task (a
+    task on that path would be a regression). With ``tasks`` set (the slow paths: routing,
+    connecting, rerouting) tasks run on the real running loop, and the test lets them run
+    with ``settle()``; timers still only fire when the test moves the clock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tasks: bool = False) -> None:
+        self.tasks = tasks
+        self.tasks_created = 0
         self.now = 1000.0
         self._queue: list[tuple[float, int, MockTimer]] = []
         self._order = itertools.count()
@@ -118,8 +124,11 @@ class MockLoop:
         return self.call_at(self.now, callback, *args)
 
     def create_task(self, coro: Any) -> Any:
-        coro.close()
-        raise AssertionError("this path must not start a task")
+        if not self.tasks:
+            coro.close()
+            raise AssertionError("this path must not start a task")
+        self.tasks_created += 1
+        return asyncio.get_running_loop().create_task(coro)
 
     def pending(self) -> int:
         return sum(1 for _, _, timer in self._queue if not timer.cancelled)
@@ -136,14 +145,112 @@ class MockLoop:
         self.now = target
 
 
+class CountingLease:
+    """A lease that counts its releases: every test can assert exactly one."""
+
+    def __init__(self, port: int, slot: str) -> None:
+        self.port = port
+        self.slot = slot
+        self.releases = 0
+
+    def release(self) -> None:
+        self.releases += 1
+
+
+class ScriptedRouter:
+    """A router whose answers the test decides, and which remembers every lease it gave.
+
+    ``fast``: ``acquire_now`` answers at once (else ``acquire`` is used, and waits on
+    ``gate`` when one is set). ``reroute_ports``: the answers of successive ``reroute`` calls
+    (``None``: nowhere to go). ``acquire_error``: what ``acquire`` raises.
+    """
+
+    def __init__(self, port: int = CHILD_PORT, *, fast: bool = True) -> None:
+        self.port = port
+        self.fast = fast
+        self.gate: asyncio.Event | None = None
+        self.acquire_error: Exception | None = None
+        self.reroute_ports: list[int | None] = []
+        self.reroute_calls = 0
+        self.hung: list[int] = []
+        self.leases: list[CountingLease] = []
+
+    def _lease(self, port: int) -> CountingLease:
+        lease = CountingLease(port, "m")
+        self.leases.append(lease)
+        return lease
+
+    def acquire_now(self, request: Classified) -> Lease | None:
+        return self._lease(self.port) if self.fast else None
+
+    async def acquire(self, request: Classified) -> Lease:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.acquire_error is not None:
+            raise self.acquire_error
+        return self._lease(self.port)
+
+    async def reroute(self, lease: Lease) -> Lease | None:
+        self.reroute_calls += 1
+        port = self.reroute_ports.pop(0) if self.reroute_ports else None
+        return self._lease(port) if port is not None else None
+
+    def child_hung(self, lease: Lease) -> None:
+        self.hung.append(lease.port)
+
+    def models_payload(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+    def all_released_once(self) -> bool:
+        return all(lease.releases == 1 for lease in self.leases)
+
+
+class ScriptedPool(UpstreamPool):
+    """A pool whose connects the test decides: ``"ok"``, ``"refused"``, ``"timeout"`` or
+    ``"wait"`` (until ``gate`` is set); every connection made is over a MockTransport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.script: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.made: list[UpstreamConnection] = []
+
+    async def connect(self, port: int) -> UpstreamConnection:
+        self.connects += 1
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "refused":
+            raise ConnectFailed(f"connect to 127.0.0.1:{port} failed: refused")
+        if step == "timeout":
+            raise ConnectTimeout(f"connect to 127.0.0.1:{port} timed out")
+        if step == "wait":
+            assert self.gate is not None
+            await self.gate.wait()
+        conn = UpstreamConnection(self, port)
+        conn.connection_made(MockTransport())  # type: ignore[arg-type]
+        self.made.append(conn)
+        return conn
+
+
+async def settle() -> None:
+    """Let the tasks the connection started run until they wait on something."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 class Harness:
     """One client connection over a MockTransport, with a pooled child connection ready."""
 
-    def __init__(self, **settings: Any) -> None:
-        self.loop = MockLoop()
+    def __init__(self, *, router: Router | None = None, pool: UpstreamPool | None = None, **settings: Any) -> None:
+        self.loop = MockLoop(tasks=router is not None)
         self.settings = ProxySettings(**settings)
-        self.pool = UpstreamPool()
-        self.ctx = ProxyContext(router=StaticRouter({"m": CHILD_PORT}), pool=self.pool, settings=self.settings)
+        self.pool = pool if pool is not None else UpstreamPool()
+        self.observed: list[tuple[str | None, int]] = []
+        self.ctx = ProxyContext(
+            router=router if router is not None else StaticRouter({"m": CHILD_PORT}),
+            pool=self.pool,
+            settings=self.settings,
+            observe=lambda slot, status, _s, _t: self.observed.append((slot, status)),
+        )
         self.client = MockTransport()
         self.conn = ClientConnection(self.ctx, loop=self.loop)  # type: ignore[arg-type]
         self.conn.connection_made(self.client)  # type: ignore[arg-type]
