@@ -75,10 +75,10 @@ def _cases() -> dict[str, Callable[[], object]]:
     from hal0proxy.http.request_head import parse_request_head
     from hal0proxy.http.response_reader import ResponseReader, parse_head
     from hal0proxy.metrics import Metrics
-    from hal0proxy.proxy.classify import classify
     from hal0proxy.proxy.reader import RequestReader
     from hal0proxy.proxy.settings import ProxySettings
     from hal0proxy.proxy.wire import downstream_head, upstream_request
+    from hal0proxy.routing.classify import classify
 
     settings = ProxySettings()
 
