@@ -53,6 +53,26 @@ def test_state_diagram_has_every_edge_of_both_tables() -> None:
     assert edges == legal | forced
 
 
+def test_exchange_diagram_is_generated_from_the_table_of_moves() -> None:
+    from hal0proxy.proxy.exchange_state import LEGAL_MOVES
+
+    script = _load_script()
+    text = (DOCS / "architecture.md").read_text()
+    block = script.current_block(text, script.EXCHANGE_BEGIN, script.EXCHANGE_END)
+    assert block == script.generate_exchange(), "stale: run python scripts/state_diagram.py --write"
+    edges = set(re.findall(r"^    (\w+) --> (\w+)$", block, re.M))
+    assert edges == {(a.value, b.value) for a, targets in LEGAL_MOVES.items() for b in targets}
+
+
+def test_a_stale_exchange_diagram_is_reported() -> None:
+    script = _load_script()
+    text = (DOCS / "architecture.md").read_text()
+    stale = text.replace("    sent --> connecting\n", "", 1)
+    assert stale != text
+    assert script.stale_blocks(stale) == [script.EXCHANGE_BEGIN]
+    assert script.stale_blocks(script.rewrite(stale)) == []
+
+
 def test_stale_diagram_is_detected_by_the_check_command(tmp_path: Path) -> None:
     script = _load_script()
     text = (DOCS / "architecture.md").read_text()
