@@ -92,7 +92,7 @@ async def test_cold_start_reject_answers_503_slot_loading_and_starts_the_load() 
         await ctl.acquire(request("primary"))
     assert (err.value.status, err.value.code) == (503, "slot.loading")
     assert err.value.details["slot"] == "primary" and err.value.retry_after_s == err.value.details["retry_after_s"]
-    assert MODEL in ctl._loads  # the single-flight load began, so a retry finds it loading
+    assert ctl.loading.in_progress(MODEL)  # the single-flight load began, so a retry finds it loading
     await ctl.stop()
 
 
@@ -152,7 +152,7 @@ async def test_a_wait_that_outlasts_max_wait_s_ends_in_503_slot_loading() -> Non
         assert err.value.retry_after_s is not None and err.value.retry_after_s >= 1
         # Not before max_wait_s; the upper bound is wide only for a loaded machine.
         assert 0.3 <= elapsed < 10.0
-        assert MODEL in ctl._loads  # the load goes on for the client's retry
+        assert ctl.loading.in_progress(MODEL)  # the load goes on for the client's retry
     finally:
         await ctl.stop()
         for writer in silent_clients:
