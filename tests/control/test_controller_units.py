@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
 from hal0proxy.config import Config, SlotConfig
-from hal0proxy.control.controller import Controller
+from hal0proxy.control.controller import ControlHooks, Controller
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
+from hal0proxy.lemond.errors import LemondError
 from hal0proxy.lemond.events import ModelLoaded
 from hal0proxy.metrics import DataPlaneStats, Metrics
 from hal0proxy.routing.classify import Classified
@@ -159,3 +161,19 @@ async def test_a_wait_that_outlasts_max_wait_s_ends_in_503_slot_loading() -> Non
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_hooks_and_a_reloaded_config_bound_after_construction_reach_the_parts() -> None:
+    ctl = controller()
+    loaded(ctl)
+    seen: list[tuple[str, str]] = []
+    ctl.hooks = ControlHooks(evicted=lambda reason, by: seen.append((reason, by)))
+    lease = ctl.acquire_now(request("primary"))
+    assert lease is not None  # in flight: an unload waits up to policy.max_wait_s (120 s) for it
+    ctl.config = replace(ctl.config, policy=replace(ctl.config.policy, max_wait_s=0.0))
+    slot = ctl.registry.get("primary")
+    assert slot is not None
+    with pytest.raises(LemondError):  # lemond is down: the unload itself is refused
+        await asyncio.wait_for(ctl.unload_slot(slot), 5.0)  # the reloaded 0 s wait, not 120 s
+    assert seen == [("manual", "proxy")] and ctl.unloads_issued == {"manual": 1}
+    lease.release()
