@@ -13,20 +13,39 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from hal0proxy.config import Config
 from hal0proxy.control.journal import Journal
-from hal0proxy.control.recovery import LoadFailure, Recovery
+from hal0proxy.control.recovery import LoadFailure
 from hal0proxy.control.registry import Slot, SlotRegistry
-from hal0proxy.control.room import Room
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound
 from hal0proxy.slots import policy
 from hal0proxy.slots.signals import LoadError, LoadRequested
 
-__all__ = ["Loading"]
+__all__ = ["LoadRecovery", "LoadRoom", "Loading"]
 
 log = logging.getLogger("hal0proxy.control")
+
+
+class LoadRecovery(Protocol):
+    """What a load asks of ``Recovery``: lemond's release, and clearing the way."""
+
+    @property
+    def lemond_major(self) -> int: ...
+
+    async def await_lemond_replacement(self, model: str) -> None: ...
+
+    async def confirm_route(self, slot: Slot, cause: str) -> None: ...
+
+    async def unload_dead(self, slot: Slot) -> None: ...
+
+
+class LoadRoom(Protocol):
+    """What a load asks of ``Room``: a place in the model's lemond pool."""
+
+    async def make_room(self, slot: Slot, mtype: str) -> None: ...
 
 
 def _ignore(_model: str, _seconds: float) -> None:
@@ -46,8 +65,8 @@ class Loading:
         journal: Journal,
         config: Callable[[], Config],
         clock: Callable[[], float],
-        recovery: Recovery,
-        room: Room,
+        recovery: LoadRecovery,
+        room: LoadRoom,
         *,
         on_measured: Callable[[str, float], None] = _ignore,
     ) -> None:

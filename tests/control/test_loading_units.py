@@ -18,7 +18,7 @@ from hal0proxy.control.attribution import UnloadLedger
 from hal0proxy.control.journal import Journal
 from hal0proxy.control.loading import Loading
 from hal0proxy.control.recovery import LoadFailure, Recovery
-from hal0proxy.control.registry import SlotRegistry
+from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.control.room import Room
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.slots.state import SlotState
@@ -118,3 +118,29 @@ async def test_retry_after_is_a_whole_positive_number_of_seconds() -> None:
     slot = registry.get("primary")
     assert slot is not None
     assert obj.retry_after(slot) >= 1
+
+
+class NoRoom:
+    """A ``LoadRoom`` whose pool stays full: every occupant is serving."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    async def make_room(self, slot: Slot, mtype: str) -> None:
+        self.asked.append((slot.model, mtype))
+        raise LoadFailure(f"every {mtype} slot is serving; no room to load {slot.model}")
+
+
+async def test_no_room_in_the_pool_fails_the_load_before_lemond_is_asked() -> None:
+    cfg = Config(slots=(SlotConfig(name="primary", model=M),))
+    adapter = LemondAdapter(DOWN, api_key=None)
+    registry, journal, clock = SlotRegistry(cfg.slots), Journal(), time.monotonic
+    recovery = Recovery(adapter, registry, journal, lambda: cfg, clock, UnloadLedger())
+    room = NoRoom()
+    obj = Loading(adapter, registry, journal, lambda: cfg, clock, recovery, room)
+    slot = registry.get("primary")
+    assert slot is not None
+    with pytest.raises(LoadFailure, match="no room"):
+        await obj.ensure_loading(slot)
+    assert room.asked == [(M, "llm")]
+    assert obj.loads_issued == 0  # no /v1/load that lemond would answer by evicting a serving child
