@@ -8,6 +8,7 @@ stream would publish them.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import replace
 
@@ -177,3 +178,23 @@ async def test_hooks_and_a_reloaded_config_bound_after_construction_reach_the_pa
         await asyncio.wait_for(ctl.unload_slot(slot), 5.0)  # the reloaded 0 s wait, not 120 s
     assert seen == [("manual", "proxy")] and ctl.unloads_issued == {"manual": 1}
     lease.release()
+
+
+async def test_a_hung_child_starts_one_replacement_load_and_eviction_counts_the_proxys() -> None:
+    ctl = controller()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = int(unused.getsockname()[1])  # closed again below: nothing listens there
+    loaded(ctl, port=port)
+    seen: list[tuple[str, str]] = []
+    ctl.hooks = ControlHooks(evicted=lambda reason, by: seen.append((reason, by)))
+    lease = ctl.acquire_now(request("primary"))
+    assert lease is not None
+    ctl.child_hung(lease)
+    assert ctl.loading.in_progress(MODEL)
+    [task] = ctl.loading.tasks()
+    ctl.child_hung(lease)  # reported again: already dead, no second load
+    assert ctl.loading.tasks() == [task]
+    assert seen == [("hang", "proxy")]  # found by the proxy's own watch, not lemond's
+    lease.release()
+    await ctl.stop()
