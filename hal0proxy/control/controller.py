@@ -5,6 +5,12 @@ port at once; one for a model that is not loaded triggers exactly one ``/v1/load
 many requests arrive, and waits (``cold_start = "wait"``) or is answered 503 ``slot.loading``
 with a measured ``Retry-After``. Before a load into a full lemond pool it unloads the least
 recently used quiet model of that type itself, so lemond's LRU never picks a serving child.
+
+The work is split into objects the controller builds and wires in ``__init__``, each given
+what it uses explicitly: ``Catalog`` (which slot a request names), ``Recovery`` (dead
+children, lemond down or back), ``Room`` (unloads for room and idleness) and ``Loading``
+(single-flight loads, over ``Recovery`` and ``Room``). The decisions themselves are pure
+and live in ``hal0proxy.slots`` (``dispatch.decide``, ``policy``).
 """
 
 from __future__ import annotations
