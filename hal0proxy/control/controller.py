@@ -5,6 +5,12 @@ port at once; one for a model that is not loaded triggers exactly one ``/v1/load
 many requests arrive, and waits (``cold_start = "wait"``) or is answered 503 ``slot.loading``
 with a measured ``Retry-After``. Before a load into a full lemond pool it unloads the least
 recently used quiet model of that type itself, so lemond's LRU never picks a serving child.
+
+The work is split into objects the controller builds and wires in ``__init__``, each given
+what it uses explicitly: ``Catalog`` (which slot a request names), ``Recovery`` (dead
+children, lemond down or back), ``Room`` (unloads for room and idleness) and ``Loading``
+(single-flight loads, over ``Recovery`` and ``Room``). The decisions themselves are pure
+and live in ``hal0proxy.slots`` (``dispatch.decide``, ``policy``).
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hal0proxy.config import Config
+from hal0proxy.control.attribution import UnloadLedger, eviction_source
+from hal0proxy.control.catalog import Catalog
 from hal0proxy.control.journal import Journal, event_fields
 from hal0proxy.control.loading import Loading
 from hal0proxy.control.pins import InFlightPins
-from hal0proxy.control.recovery import LoadFailure
+from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import Slot, SlotRegistry
+from hal0proxy.control.room import Room
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError
@@ -31,9 +40,10 @@ from hal0proxy.lemond.routes import Route
 from hal0proxy.metrics import ControlStats, SlotSnapshot
 from hal0proxy.routing.classify import Classified
 from hal0proxy.routing.contract import Lease
-from hal0proxy.slots import dispatch, policy
+from hal0proxy.slots import dispatch
 from hal0proxy.slots.derive import LOADED
 from hal0proxy.slots.dispatch import ColdStart, DispatchPolicy, DispatchSlot, Forward, Reject, Unresolved
+from hal0proxy.slots.policy import LoadTimes
 from hal0proxy.slots.signals import RequestFinished, RequestStarted
 from hal0proxy.slots.state import SlotState
 
@@ -48,13 +58,6 @@ IDLE_TICK_S = 1.0
 LOAD_DID_NOTHING_S = 0.01
 #: ... so the request pauses this long before deciding again, rather than spin on it.
 NOTHING_TO_LOAD_PAUSE_S = 0.1
-#: A name the proxy does not know refreshes lemond's ``/v1/models`` at most this often, so a
-#: client repeating an unknown name does not cost lemond a request per request.
-MODELS_REFRESH_MIN_S = 5.0
-#: An eviction line for a model the proxy asked to unload less than this long ago is the
-#: proxy's own doing: lemond logs it after ``/v1/unload`` returned, several seconds later on
-#: a busy child (it waits 5 s after SIGTERM), so the window is generous.
-PROXY_UNLOAD_ATTRIBUTION_S = 60.0
 
 #: ``acquire_now`` only acts on a ``Forward``, which no policy changes.
 _FAST_PATH_POLICY = DispatchPolicy()
@@ -96,7 +99,15 @@ class SlotLease:
             self._controller._finished(self._slot)
 
 
-class Controller(Loading):
+class Controller:
+    """The data plane's ``Router`` and the admin API's view of the slots.
+
+    It owns three objects, each with one job and no knowledge of the others beyond what
+    their constructors are given: ``recovery`` (dead children, lemond down or back),
+    ``room`` (unloads for room and idleness) and ``loading`` (single-flight loads, which
+    use the other two). The controller leases, wires lemond's events through, and acts on
+    what ``recovery`` finds."""
+
     def __init__(
         self,
         config: Config,
@@ -109,46 +120,111 @@ class Controller(Loading):
         self.journal = journal or Journal()
         self.clock = clock
         self.registry = SlotRegistry(config.slots, on_change=self._on_state_change)
-        self.load_times = policy.LoadTimes()
-        self._loads: dict[str, asyncio.Task[None]] = {}
-        self._load_started: dict[str, float] = {}
-        self._type_locks: dict[str, asyncio.Lock] = {}
-        self._quiet = asyncio.Event()  # pulsed whenever a request finishes: room may have appeared
+        self.hooks = ControlHooks()  # bound after construction (metrics), so read at use
         self._tasks: list[asyncio.Task[None]] = []
-        self._models_fetched = 0.0
-        self.loads_issued = 0
         self._started = False
-        self._health_failures_seen = 0
         self._models_task: asyncio.Task[bool] | None = None
-        self.recoveries = 0  # dead children lemond still listed, cleared with unload + load
-        self.unloads_issued: dict[str, int] = {}
-        self.hooks = ControlHooks()
-        # model -> when the proxy asked lemond to unload it; the eviction line that follows
-        # (often after /v1/unload has returned) is the proxy's, not lemond's own decision.
-        self._proxy_unloads: dict[str, float] = {}
         self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
+        # The proxy's own unloads, so the eviction line lemond logs after one is not lemond's.
+        self._unloads = UnloadLedger()
+        current = self._current_config
+        self.recovery = Recovery(adapter, self.registry, self.journal, current, clock, self._unloads)
+        self.room = Room(
+            adapter,
+            self.registry,
+            self.journal,
+            current,
+            clock,
+            self._unloads,
+            is_loading=self._is_loading,
+            on_unload=self._unload_issued,
+        )
+        self.loading = Loading(
+            adapter,
+            self.registry,
+            self.journal,
+            current,
+            clock,
+            self.recovery,
+            self.room,
+            on_measured=self._load_measured,
+        )
+        self.catalog = Catalog(adapter, self.registry, clock, self.recovery.lemond_retry_after)
         adapter.names.learn(cfg.model for cfg in config.slots)
         self.pins = InFlightPins(adapter.client, lambda: self.lemond_major >= 11)
         self._adoption_warned: set[str] = set()
         adapter.subscribe(self._on_event)
+
+    # ------------------------------------------------------------------ wiring
+    def _current_config(self) -> Config:
+        return self.config  # a configuration reload assigns ``config``; the parts read it here
+
+    def _is_loading(self, model: str) -> bool:
+        return self.loading.in_progress(model)
+
+    def _unload_issued(self, reason: str) -> None:
+        self.hooks.evicted(reason, "proxy")
+
+    def _load_measured(self, model: str, seconds: float) -> None:
+        self.hooks.load_measured(model, seconds)
+
+    @property
+    def lemond_major(self) -> int:
+        """lemond's major release from its last ``/v1/health`` (0 while unknown)."""
+        return self.recovery.lemond_major
+
+    @property
+    def load_times(self) -> LoadTimes:
+        return self.loading.load_times
+
+    @property
+    def loads_issued(self) -> int:
+        return self.loading.loads_issued
+
+    @property
+    def recoveries(self) -> int:
+        """Dead children lemond still listed, cleared with unload + load."""
+        return self.recovery.recoveries
+
+    @property
+    def unloads_issued(self) -> dict[str, int]:
+        return self.room.unloads_issued
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, idle_interval_s: float = IDLE_TICK_S) -> None:
         await self.adapter.start()
         with contextlib.suppress(LemondError):
             await self.adapter.refresh()
-        await self._refresh_known_models(force=True)
+        await self.catalog.refresh(force=True)
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._idle_loop(idle_interval_s), name="idle-policy"))
+        self._tasks.append(loop.create_task(self.room.idle_loop(idle_interval_s), name="idle-policy"))
         self._started = True
         self._warm()
+
+    def _warm(self) -> None:
+        """Load every warm slot that is not loaded (concurrently; /readyz reports progress).
+
+        Run at start, and again whenever lemond comes back (it was unreachable, or it
+        restarted): the proxy may start before lemond, and a restarted lemond has nothing.
+        """
+        for slot in self.recovery.slots_to_warm():
+            self.loading.ensure_loading(slot)
+
+    def _rewarm(self) -> None:
+        if not self._started:
+            return
+        self._warm()
+        if self._models_task is None or self._models_task.done():
+            # lemond's model list may have been unknown (it was down) or changed (restarted).
+            self._models_task = asyncio.get_running_loop().create_task(self.catalog.refresh(force=True))
 
     async def stop(self) -> None:
         self._started = False
         await self.pins.stop()
-        for task in [*self._tasks, *self._loads.values()]:
+        tasks = [*self._tasks, *self.loading.tasks()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._loads.values()]:
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         await self.adapter.stop()
@@ -160,7 +236,7 @@ class Controller(Loading):
         for slot in self.registry.all():
             if slot.config is not None and slot.config.warm and not slot.status.dispatchable:
                 problems.append(f"slot {slot.name} is {slot.status.state}")
-        return not problems, problems + self._adoption_warnings()
+        return not problems, problems + self.recovery.adoption_warnings()
 
     def stats_snapshot(self) -> ControlStats:
         """The control plane's numbers for a metrics scrape, as plain data."""
@@ -187,7 +263,7 @@ class Controller(Loading):
 
         Only a ``Forward`` is acted on here; anything else is decided again by ``acquire``
         with the slot's own policy and a measured ``Retry-After``."""
-        slot = self._lookup(request)
+        slot = self.catalog.lookup(request)
         if slot is None:
             return None
         facts = DispatchSlot(slot.name, slot.model, slot.status.state, slot.status.in_flight, slot.pinned)
@@ -195,7 +271,7 @@ class Controller(Loading):
         return self._lease(slot, decision.port, decision.hold_in_lemond) if isinstance(decision, Forward) else None
 
     async def acquire(self, request: Classified) -> Lease:
-        found = await self._resolve(request)
+        found = await self.catalog.resolve(request)
         if isinstance(found, Unresolved):
             raise _rejection(dispatch.refuse_unresolved(found))
         slot = found
@@ -210,21 +286,46 @@ class Controller(Loading):
         while True:
             route = await self._probed_route(slot)
             facts = DispatchSlot(
-                slot.name, slot.model, slot.status.state, slot.status.in_flight, slot.pinned, self._retry_after(slot)
+                slot.name,
+                slot.model,
+                slot.status.state,
+                slot.status.in_flight,
+                slot.pinned,
+                self.loading.retry_after(slot),
             )
             decision = dispatch.decide(facts, route, rules, max(now, self.clock()), arrived)
             if isinstance(decision, Forward):
                 return self._lease(slot, decision.port, decision.hold_in_lemond)
             if isinstance(decision, Reject):
                 if decision.start_load:
-                    self._ensure_loading(slot)
+                    self.loading.ensure_loading(slot)
                 raise _rejection(decision)
             now = await self._wait_for_load(slot, decision.deadline)
+
+    async def reroute(self, lease: Lease) -> Lease | None:
+        """A connect to the leased port failed, or the child closed before answering: learn
+        where the model is now, or recover it through lemond (unload + load when lemond
+        still lists the dead child), and wait for that within the slot's ``max_wait_s``."""
+        slot = self.registry.get(lease.slot)
+        if slot is None:
+            return None
+        port = await self.recovery.relocate(slot, lease.port)
+        if port is not None:
+            return self._lease(slot, port)
+        return await self.acquire(Classified(slot.name, (), b"", False))
+
+    def child_hung(self, lease: Lease) -> None:
+        """The hang watch found the child behind ``lease`` silent and not answering /health:
+        it is dead to the proxy (journal and metrics say ``hang``) and is replaced through
+        lemond with one unload + load, which the requests re-resolving now wait for."""
+        slot = self.registry.get(lease.slot)
+        if slot is not None and self.recovery.child_hung(slot, lease.port):
+            self.loading.ensure_loading(slot)
 
     async def _wait_for_load(self, slot: Slot, deadline: float) -> float:
         """Wait for the model's single-flight load, at most until ``deadline``; the time to
         decide at next (never before ``deadline`` once it has passed)."""
-        task = self._ensure_loading(slot)
+        task = self.loading.ensure_loading(slot)
         waited_from = self.clock()
         try:
             await asyncio.wait_for(asyncio.shield(task), deadline - waited_from)
@@ -236,7 +337,7 @@ class Controller(Loading):
                 exc.code,
                 f"model {slot.model!r} could not be loaded: {exc}",
                 {"slot": slot.name, "model": slot.model},
-                retry_after_s=self._retry_after(slot) if exc.status == 503 else None,
+                retry_after_s=self.loading.retry_after(slot) if exc.status == 503 else None,
             ) from None
         if self.clock() - waited_from < LOAD_DID_NOTHING_S:
             # The load had nothing to do (lemond's view has not caught up yet): do not spin.
@@ -244,79 +345,23 @@ class Controller(Loading):
         return self.clock()
 
     def models_payload(self) -> dict[str, Any]:
-        data: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for slot in self.registry.all():
-            if slot.name in seen:
-                continue
-            seen.add(slot.name)
-            data.append(
-                {
-                    "id": slot.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "hal0proxy",
-                    "model": slot.model,
-                    "state": str(slot.status.state),
-                }
-            )
-        for name, entry in self.registry.known_models.items():
-            if name not in seen:
-                seen.add(name)
-                data.append({"id": name, "object": "model", "created": entry.get("created", 0), "owned_by": "lemonade"})
-        return {"object": "list", "data": data}
+        return self.catalog.models_payload()
 
     # ------------------------------------------------------------------ admin actions
     async def load_slot(self, slot: Slot) -> None:
-        await asyncio.shield(self._ensure_loading(slot))
+        await asyncio.shield(self.loading.ensure_loading(slot))
 
     async def unload_slot(self, slot: Slot, reason: str = "manual") -> None:
-        await self._unload_model(slot.model, reason)
+        await self.room.unload(slot.model, reason)
 
     # ------------------------------------------------------------------ internals: requests
-    def _lookup(self, request: Classified) -> Slot | None:
-        """The slot a request names (or its path's default slot), among the known ones."""
-        name = request.model
-        if name is None:
-            name = next((s for s in request.default_slots if self.registry.get(s)), None)
-            if name is None:
-                return None
-        slot = self.registry.get(name)
-        if slot is None:
-            slots = self.registry.for_model(name)
-            return slots[0] if slots else None
-        return slot
-
-    async def _resolve(self, request: Classified) -> Slot | Unresolved:
-        """The request's slot, adopting a model lemond has loaded or can load, else why not."""
-        name = request.model
-        if name is None:
-            name = next((s for s in request.default_slots if self.registry.get(s)), None)
-            if name is None:
-                return Unresolved(None)
-
-        if self.registry.get(name) is None:
-            name = self.adapter.names.to_public(name)  # extra.<m> and friends: one model, one slot
-
-        def loaded(model: str) -> bool:
-            route = self.adapter.routes.get(model)
-            return route is not None and route.alive
-
-        slot = self.registry.resolve(name, loaded)
-        if slot is None and await self._refresh_known_models():
-            slot = self.registry.resolve(name, loaded)
-        if slot is None:
-            # While lemond is down only lemond could say whether it knows this model.
-            return Unresolved(name, self.adapter.reachable, self._lemond_retry_after())
-        return slot
-
     async def _probed_route(self, slot: Slot) -> Route | None:
         """The slot's route if a request can go there now (an unproven port is probed first)."""
         if slot.status.state is SlotState.UNLOADING:
             return None  # no request goes to a child being unloaded, so no probe either
         route = await self.adapter.usable_route(slot.model)
         if route is None:
-            await self._confirm_route(slot, "refused")
+            await self.recovery.confirm_route(slot, "refused")
             return None
         if not route.proven:
             self.adapter.routes.mark_proven(slot.model, route.port)
@@ -338,50 +383,28 @@ class Controller(Loading):
         if slot.status.in_flight == 0:
             if self.registry.in_flight(slot.model) == 0:
                 self.pins.quiet(slot.model)
-            self._quiet.set()
-            self._quiet = asyncio.Event()
+            self.room.note_quiet()
 
     def retry_after(self, slot: Slot) -> int:
         """The ``Retry-After`` seconds for a request that finds ``slot`` loading."""
-        return self._retry_after(slot)
-
-    def _retry_after(self, slot: Slot) -> int:
-        return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self.clock())
-
-    async def _refresh_known_models(self, force: bool = False) -> bool:
-        """Refresh lemond's model list (rate limited); True if it was refreshed."""
-        now = self.clock()
-        if not force and now - self._models_fetched < MODELS_REFRESH_MIN_S:
-            return False
-        self._models_fetched = now
-        try:
-            models = await self.adapter.client.models()
-        except LemondError:
-            return False
-        self.registry.known_models = {m["id"]: m for m in models if isinstance(m, dict) and "id" in m}
-        self.adapter.names.learn(self.registry.known_models)
-        return True
+        return self.loading.retry_after(slot)
 
     # ------------------------------------------------------------------ internals: events
     def _on_event(self, event: LemondEvent) -> None:
-        self._note_lemond_back(event)
+        if self._started and self.recovery.lemond_back(event):
+            # After this event has been applied everywhere (routes first, then the slots).
+            asyncio.get_running_loop().call_soon(self._rewarm)
         if isinstance(event, ModelEvicted | ProcessCrashed) and event.model is not None:
             self.pins.forget(event.model)  # the pin went with the child
         elif isinstance(event, LemondRestarted):
             for slot in self.registry.all():
                 self.pins.forget(slot.model)
-        if isinstance(event, ModelEvicted):
-            asked_at = self._proxy_unloads.pop(event.model, None)
-            if asked_at is None or self.clock() - asked_at > PROXY_UNLOAD_ATTRIBUTION_S:
-                self.hooks.evicted(str(event.reason), "lemond")
-        elif isinstance(event, ProcessCrashed):
-            if event.cause == "exit":
-                self.hooks.evicted("crash", "lemond")
-            else:  # found dead by the proxy's own traffic while lemond still listed it
-                self.hooks.evicted("hang" if event.cause == "hang" else "crash", "proxy")
+        eviction = eviction_source(event, self._unloads, self.clock())
+        if eviction is not None:
+            self.hooks.evicted(eviction.reason, eviction.by)
         self.registry.apply_event(event)
         self.journal.publish(f"lemond.{type(event).__name__}", **event_fields(event))
-        for warning in self._adoption_warnings():
+        for warning in self.recovery.adoption_warnings():
             model = warning.split()[2]
             if model not in self._adoption_warned:
                 self._adoption_warned.add(model)

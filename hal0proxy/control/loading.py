@@ -1,7 +1,7 @@
 """Single-flight loads: however many requests want a model, lemond gets one ``/v1/load``.
 
-A mixin of :class:`~hal0proxy.control.controller.Controller`, between it and the recovery
-and room-making mixins it calls: a load first waits out a respawn lemond already runs,
+Owned by :class:`~hal0proxy.control.controller.Controller`; it drives the ``Recovery`` and
+``Room`` objects it is given: a load first waits out a respawn lemond already runs,
 clears a dead child lemond still lists, makes room in the model's lemond pool (one load per
 pool at a time, so room-making cannot race itself), then loads with the slot's options and
 records how long it took (for ``Retry-After`` and the load-latency metric).
@@ -12,33 +12,92 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from hal0proxy.control.recovery import LoadFailure, Recovery
-from hal0proxy.control.registry import Slot
-from hal0proxy.control.room import Room
+from hal0proxy.config import Config
+from hal0proxy.control.journal import Journal
+from hal0proxy.control.recovery import LoadFailure
+from hal0proxy.control.registry import Slot, SlotRegistry
+from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound
 from hal0proxy.slots import policy
 from hal0proxy.slots.signals import LoadError, LoadRequested
 
-if TYPE_CHECKING:
-    from hal0proxy.control.controller import ControlHooks
-
-__all__ = ["Loading"]
+__all__ = ["LoadRecovery", "LoadRoom", "Loading"]
 
 log = logging.getLogger("hal0proxy.control")
 
 
-class Loading(Recovery, Room):
-    """Base of ``Controller``; declares what it uses of it."""
+class LoadRecovery(Protocol):
+    """What a load asks of ``Recovery``: lemond's release, and clearing the way."""
 
-    hooks: ControlHooks
-    load_times: policy.LoadTimes
-    loads_issued: int
-    _load_started: dict[str, float]
-    _type_locks: dict[str, asyncio.Lock]
+    @property
+    def lemond_major(self) -> int: ...
 
-    def _ensure_loading(self, slot: Slot) -> asyncio.Task[None]:
+    async def await_lemond_replacement(self, model: str) -> None: ...
+
+    async def confirm_route(self, slot: Slot, cause: str) -> None: ...
+
+    async def unload_dead(self, slot: Slot) -> None: ...
+
+
+class LoadRoom(Protocol):
+    """What a load asks of ``Room``: a place in the model's lemond pool."""
+
+    async def make_room(self, slot: Slot, mtype: str) -> None: ...
+
+
+def _ignore(_model: str, _seconds: float) -> None:
+    return None
+
+
+class Loading:
+    """One load task per model at a time; every caller awaits the same task.
+
+    ``on_measured(model, seconds)`` is told how long each ``/v1/load`` took (the
+    load-latency metric); ``load_times`` keeps them for ``Retry-After``."""
+
+    def __init__(
+        self,
+        adapter: LemondAdapter,
+        registry: SlotRegistry,
+        journal: Journal,
+        config: Callable[[], Config],
+        clock: Callable[[], float],
+        recovery: LoadRecovery,
+        room: LoadRoom,
+        *,
+        on_measured: Callable[[str, float], None] = _ignore,
+    ) -> None:
+        self._adapter = adapter
+        self._registry = registry
+        self._journal = journal
+        self._config = config  # read at use: a configuration reload replaces it
+        self._clock = clock
+        self._recovery = recovery
+        self._room = room
+        self._on_measured = on_measured
+        self.load_times = policy.LoadTimes()
+        self.loads_issued = 0
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._load_started: dict[str, float] = {}
+        self._type_locks: dict[str, asyncio.Lock] = {}
+
+    def in_progress(self, model: str) -> bool:
+        """Whether a load of ``model`` is under way."""
+        return model in self._loads
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The loads under way (to cancel at shutdown)."""
+        return list(self._loads.values())
+
+    def retry_after(self, slot: Slot) -> int:
+        """The ``Retry-After`` seconds for a request that finds ``slot`` loading."""
+        return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self._clock())
+
+    def ensure_loading(self, slot: Slot) -> asyncio.Task[None]:
+        """The load task of ``slot``'s model: the one under way, or a new one."""
         task = self._loads.get(slot.model)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._load(slot), name=f"load:{slot.model}")
@@ -55,48 +114,48 @@ class Loading(Recovery, Room):
             log.warning("load of %s failed: %s", model, task.exception())
 
     async def _load(self, slot: Slot) -> None:
-        model, mtype = slot.model, self.registry.type_of(slot.model)
-        self._load_started[model] = self.clock()
-        await self._await_lemond_replacement(model)
+        model, mtype = slot.model, self._registry.type_of(slot.model)
+        self._load_started[model] = self._clock()
+        await self._recovery.await_lemond_replacement(model)
         lock = self._type_locks.setdefault(mtype, asyncio.Lock())
         async with lock:  # one load per lemond pool at a time: room-making must not race itself
-            route = self.adapter.routes.get(model)
+            route = self._adapter.routes.get(model)
             if route is not None and route.alive:
-                if await self.adapter.usable_route(model) is not None:
+                if await self._adapter.usable_route(model) is not None:
                     return
-                await self._confirm_route(slot, "refused")
-                route = self.adapter.routes.get(model)
+                await self._recovery.confirm_route(slot, "refused")
+                route = self._adapter.routes.get(model)
                 if route is not None and route.alive:
                     return  # lemond lists it and something answers there: nothing to recover
-            if self.adapter.lists_dead_child(model):
-                await self._unload_dead(slot)
-            await self._make_room(slot, mtype)
-            self.registry.signal_model(model, LoadRequested(), self.clock())
+            if self._adapter.lists_dead_child(model):
+                await self._recovery.unload_dead(slot)
+            await self._room.make_room(slot, mtype)
+            self._registry.signal_model(model, LoadRequested(), self._clock())
             options = slot.config.load_options() if slot.config else {}
-            if self.lemond_major >= 11:
+            if self._recovery.lemond_major >= 11:
                 # The proxy owns idle policy: lemond's eviction engine measures idleness from
                 # traffic through lemond only, and would evict a model streaming through us.
                 options["auto_evict"] = False
-            started = self.clock()
+            started = self._clock()
             self.loads_issued += 1
-            self.journal.publish("slot.load_requested", slot=slot.name, model=model)
+            self._journal.publish("slot.load_requested", slot=slot.name, model=model)
             try:
-                await self.adapter.client.load(model, timeout=self.config.policy.load_timeout_s, **options)
+                await self._adapter.client.load(model, timeout=self._config().policy.load_timeout_s, **options)
             except LemondError as exc:
                 # lemond logs no failure line for every refusal (an unknown model, lemond down):
                 # the slot must not stay "starting" and hold its place in the pool.
-                self.registry.signal_model(model, LoadError(str(exc)), self.clock())
+                self._registry.signal_model(model, LoadError(str(exc)), self._clock())
                 if isinstance(exc, ModelNotFound):
                     raise LoadFailure(str(exc), 404, "slot.not_found") from None
                 if isinstance(exc, LemondUnavailable):
                     raise LoadFailure(f"lemond is unavailable: {exc}", 503, "lemond.unavailable") from None
                 raise LoadFailure(str(exc)) from None
-            finished = self.clock()
+            finished = self._clock()
             self.load_times.record(model, finished - started)
-            self.hooks.load_measured(model, finished - started)
+            self._on_measured(model, finished - started)
             # /v1/load can answer before its log lines arrive: make sure the route is known,
             # from a /v1/health sent after the load returned (not one already in flight).
-            route = self.adapter.routes.get(model)
+            route = self._adapter.routes.get(model)
             if route is None or not route.alive:
                 with contextlib.suppress(LemondError):
-                    await self.adapter.refresh(newer_than=finished)
+                    await self._adapter.refresh(newer_than=finished)

@@ -8,14 +8,17 @@ stream would publish them.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from dataclasses import replace
 
 import pytest
 
 from hal0proxy.config import Config, SlotConfig
-from hal0proxy.control.controller import Controller
+from hal0proxy.control.controller import ControlHooks, Controller
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
+from hal0proxy.lemond.errors import LemondError
 from hal0proxy.lemond.events import ModelLoaded
 from hal0proxy.metrics import DataPlaneStats, Metrics
 from hal0proxy.routing.classify import Classified
@@ -92,7 +95,7 @@ async def test_cold_start_reject_answers_503_slot_loading_and_starts_the_load() 
         await ctl.acquire(request("primary"))
     assert (err.value.status, err.value.code) == (503, "slot.loading")
     assert err.value.details["slot"] == "primary" and err.value.retry_after_s == err.value.details["retry_after_s"]
-    assert MODEL in ctl._loads  # the single-flight load began, so a retry finds it loading
+    assert ctl.loading.in_progress(MODEL)  # the single-flight load began, so a retry finds it loading
     await ctl.stop()
 
 
@@ -152,10 +155,46 @@ async def test_a_wait_that_outlasts_max_wait_s_ends_in_503_slot_loading() -> Non
         assert err.value.retry_after_s is not None and err.value.retry_after_s >= 1
         # Not before max_wait_s; the upper bound is wide only for a loaded machine.
         assert 0.3 <= elapsed < 10.0
-        assert MODEL in ctl._loads  # the load goes on for the client's retry
+        assert ctl.loading.in_progress(MODEL)  # the load goes on for the client's retry
     finally:
         await ctl.stop()
         for writer in silent_clients:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_hooks_and_a_reloaded_config_bound_after_construction_reach_the_parts() -> None:
+    ctl = controller()
+    loaded(ctl)
+    seen: list[tuple[str, str]] = []
+    ctl.hooks = ControlHooks(evicted=lambda reason, by: seen.append((reason, by)))
+    lease = ctl.acquire_now(request("primary"))
+    assert lease is not None  # in flight: an unload waits up to policy.max_wait_s (120 s) for it
+    ctl.config = replace(ctl.config, policy=replace(ctl.config.policy, max_wait_s=0.0))
+    slot = ctl.registry.get("primary")
+    assert slot is not None
+    with pytest.raises(LemondError):  # lemond is down: the unload itself is refused
+        await asyncio.wait_for(ctl.unload_slot(slot), 5.0)  # the reloaded 0 s wait, not 120 s
+    assert seen == [("manual", "proxy")] and ctl.unloads_issued == {"manual": 1}
+    lease.release()
+
+
+async def test_a_hung_child_starts_one_replacement_load_and_eviction_counts_the_proxys() -> None:
+    ctl = controller()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = int(unused.getsockname()[1])  # closed again below: nothing listens there
+    loaded(ctl, port=port)
+    seen: list[tuple[str, str]] = []
+    ctl.hooks = ControlHooks(evicted=lambda reason, by: seen.append((reason, by)))
+    lease = ctl.acquire_now(request("primary"))
+    assert lease is not None
+    ctl.child_hung(lease)
+    assert ctl.loading.in_progress(MODEL)
+    [task] = ctl.loading.tasks()
+    ctl.child_hung(lease)  # reported again: already dead, no second load
+    assert ctl.loading.tasks() == [task]
+    assert seen == [("hang", "proxy")]  # found by the proxy's own watch, not lemond's
+    lease.release()
+    await ctl.stop()
