@@ -80,7 +80,8 @@ class SlotStatus:
     pid: int | None = None
     message: str = ""
     in_flight: int = 0
-    #: When a request last entered or left the slot (the caller's clock).
+    #: When a request last entered or left the slot (the caller's clock); for a slot that
+    #: went idle without ever serving, when it became ready. The start of its quiet period.
     last_used: float | None = None
     #: When ``state`` last changed.
     updated_at: float = 0.0
@@ -175,7 +176,10 @@ def reduce(status: SlotStatus, signal: Signal, now: float) -> SlotStatus:
         case IdleTick(idle_timeout_s=timeout):
             quiet = status.in_flight == 0 and now - status.quiet_since() >= timeout
             if st is S.READY and timeout > 0 and quiet:
-                return _move(status, (S.IDLE,), now)
+                idle = _move(status, (S.IDLE,), now)
+                # Going idle does not start a new quiet period: a slot that never served keeps
+                # the time it became ready, else its idle unload would wait a second timeout.
+                return idle if status.last_used is not None else replace(idle, last_used=status.updated_at)
             return status
         case ChildUp(port=port, pid=pid):
             return _child_up(status, port, pid, now)

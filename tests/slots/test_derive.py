@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from hal0proxy.slots import state as state_mod
 from hal0proxy.slots.derive import MSG_CRASHED, MSG_EVICTED, SlotStatus, reduce
+from hal0proxy.slots.policy import SlotView, UnloadAction, idle_unload_candidates
 from hal0proxy.slots.signals import (
     ChildGone,
     ChildUp,
@@ -89,6 +90,15 @@ def test_idle_timer_of_a_never_used_slot_starts_when_it_became_ready() -> None:
     s = ready(10.0)
     assert reduce(s, IdleTick(5), 14.0).state is S.READY
     assert reduce(s, IdleTick(5), 15.0).state is S.IDLE
+
+
+def test_a_never_used_slot_is_due_for_idle_unload_one_timeout_after_it_became_ready() -> None:
+    # Going idle must not restart the quiet period: the unload is due at ready + timeout, not
+    # at ready + twice the timeout.
+    s = reduce(ready(10.0), IdleTick(5), 15.0)
+    assert (s.state, s.quiet_since()) == (S.IDLE, 10.0)
+    view = SlotView(name="a", status=s, idle_timeout_s=5)
+    assert idle_unload_candidates([view], now=15.0) == [UnloadAction("a", s.model, "idle")]
 
 
 def test_eviction_is_offline_not_error() -> None:
