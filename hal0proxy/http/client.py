@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import h11
 import orjson
 
+from hal0proxy.http.problems import HttpProblem, RemoteProblem
 from hal0proxy.http.sse import SSEEvent, SSEParser
 
 __all__ = [
@@ -47,8 +48,11 @@ DEFAULT_MAX_BODY = 16 * 1024 * 1024
 HeaderPairs = Iterable[tuple[str, str]]
 
 
-class HTTPClientError(Exception):
-    """Base class of every error this client raises."""
+class HTTPClientError(HttpProblem):
+    """Base class of every error this client raises (under the one root, ``HttpProblem``)."""
+
+    status_hint = 502
+    code = "dispatch.upstream_unavailable"
 
 
 class ConnectFailed(HTTPClientError):
@@ -58,8 +62,11 @@ class ConnectFailed(HTTPClientError):
 class RequestTimeout(HTTPClientError):
     """The call did not finish before its deadline."""
 
+    status_hint = 504
+    code = "upstream.timeout"
 
-class ProtocolFailure(HTTPClientError):
+
+class ProtocolFailure(HTTPClientError, RemoteProblem):
     """The peer closed early or sent something that is not HTTP/1.1."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from hal0proxy.http.headers import date_header
+from hal0proxy.http.problems import HttpProblem
 
 # The OpenAI SDK maps status codes to exception classes and reads ``type``; keep the types
 # close to what OpenAI itself returns for the same status.
@@ -58,7 +59,7 @@ REASONS: dict[int, bytes] = {
 }
 
 
-class ProxyError(Exception):
+class ProxyError(HttpProblem):
     """An error the proxy answers itself, with a code from DESIGN.md "Errors"."""
 
     def __init__(
@@ -69,7 +70,7 @@ class ProxyError(Exception):
         details: Mapping[str, Any] | None = None,
         retry_after_s: int | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, status, code)
         self.status = status
         self.code = code
         self.message = message
@@ -84,6 +85,13 @@ class ProxyError(Exception):
         if self.retry_after_s is not None and self.status == 503:
             return [(b"retry-after", str(max(1, int(self.retry_after_s))).encode())]
         return []
+
+
+def as_proxy_error(problem: HttpProblem) -> ProxyError:
+    """The answer to any problem: the one place a problem becomes an error envelope."""
+    if isinstance(problem, ProxyError):
+        return problem
+    return ProxyError(problem.status_hint, problem.code, problem.message)
 
 
 def error_body(status: int, code: str, message: str, details: Mapping[str, Any] | None = None) -> bytes:

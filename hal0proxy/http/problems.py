@@ -1,11 +1,13 @@
-"""One exception root for HTTP/1.1 wire problems, split by who broke the protocol.
+"""One exception root for the HTTP layer and the proxy: ``HttpProblem``.
 
 ``LocalProblem``: this process misused a reader or writer (a bug here). ``RemoteProblem``:
 the peer sent bytes that are not acceptable HTTP/1.1 — a client's request (answered with a
-4xx) or a child's response (answered with the one legitimate 502). Every problem carries the
-status the connection code should answer with and the error code of DESIGN.md "Errors", so
-the translation to a response happens once, at the connection, from data and not from
-``isinstance`` chains.
+4xx) or a child's response (answered with the one legitimate 502). The other branches are
+``http.errors.ProxyError`` (an answer the proxy authors: ``slot.loading``, ``dispatch.no_route``
+…), ``http.client.HTTPClientError`` (a call to lemond failed) and the data plane's connect
+failures. Every problem carries the status the connection code should answer with and the
+error code of DESIGN.md "Errors", so the translation to a response happens in one place
+(``http.errors.as_proxy_error``), from data and not from ``isinstance`` chains.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ __all__ = [
 
 
 class HttpProblem(Exception):
-    """Root of every wire problem; not raised directly."""
+    """Root of every error the HTTP layer and the proxy raise; not raised directly."""
 
     status_hint: int = 400
     code: str = "request.invalid_http"

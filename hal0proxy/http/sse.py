@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hal0proxy.http.problems import RemoteProblem
+
 __all__ = ["DEFAULT_MAX_EVENT_SIZE", "SSEEvent", "SSEParser", "SSEParserError"]
 
 # An event larger than this is almost certainly a runaway stream, not progress JSON.
 DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
 
 
-class SSEParserError(ValueError):
+class SSEParserError(RemoteProblem, ValueError):
     """The stream broke a limit (the format itself has no syntax errors)."""
+
+    status_hint = 502
+    code = "dispatch.upstream_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
