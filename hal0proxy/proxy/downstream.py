@@ -263,7 +263,10 @@ class ClientConnection(asyncio.Protocol):
             self._timer.cancel()
             self._dispatch()
             if self._req is not None:
-                self._update_reading()
+                # (_update_reading, inlined for the usual case: nothing piled up, nothing held)
+                flow = self._flow
+                if flow.read_paused or reader.buffered_bytes > self._ctx.settings.pipeline_buffer_bytes:
+                    self._update_reading()
                 return  # answered asynchronously; finish_response resumes parsing
 
     def _continue_burst(self) -> None:
@@ -408,6 +411,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._buffered = 0
         self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
+        flow = self._flow
+        if self._reader.idle and not flow.read_paused and not flow.write_paused:
+            return  # nothing pipelined and nothing held (the usual case): the next read starts the next request
         self._process_events()  # takes the next request, and resumes reading if it was held
 
     # ------------------------------------------------------------------ the one timer
