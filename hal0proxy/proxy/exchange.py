@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,6 +77,7 @@ class Exchange:
         "_transport",
         "is_head",
         "keep_alive",
+        "on_body",
         "req",
         "status",
         "ttfb",
@@ -114,6 +115,9 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.status = 0
         self.ttfb = 0.0
+        # What the upstream connection calls with each read of body it relays: the client
+        # transport's own write, so an SSE event costs no Python frame of this class.
+        self.on_body: Callable[[bytes], None] = transport.write
 
     @property
     def state(self) -> ExchangeState:
@@ -269,9 +273,6 @@ class Exchange:
             self._transport.writelines((data, first))
         else:
             self._transport.write(data)
-
-    def on_body(self, data: bytes) -> None:
-        self._transport.write(data)
 
     def on_end(self) -> None:
         scanner = self._scanner
