@@ -252,7 +252,10 @@ class Exchange:
         return True
 
     def _send(self, conn: UpstreamConnection) -> None:
-        self._move(_SENT)
+        state = self._state  # (_move, inlined on the per-request path: the same table lookup)
+        if _SENT not in LEGAL_MOVES[state]:
+            raise IllegalExchangeMove(state, _SENT)
+        self._state = _SENT
         self.upstream = conn
         conn.send(self._request_bytes, self, self.is_head)
         if self._flow.write_paused:
@@ -261,7 +264,10 @@ class Exchange:
 
     # -- what the upstream connection reports ------------------------------------------------
     def on_head(self, head: ResponseHead, first: bytes) -> None:
-        self._move(_HEAD_RELAYED)
+        state = self._state  # (_move, inlined on the per-request path: the same table lookup)
+        if _HEAD_RELAYED not in LEGAL_MOVES[state]:
+            raise IllegalExchangeMove(state, _HEAD_RELAYED)
+        self._state = _HEAD_RELAYED
         self._timer.cancel()
         self.ttfb = perf_counter()
         self.status = head.status
@@ -279,7 +285,11 @@ class Exchange:
         if isinstance(scanner, ChunkedScanner):
             self._ctx.stats.chunks_relayed += scanner.chunks
         self.upstream = None
-        self._finish(_DONE)
+        state = self._state  # (_move, inlined on the per-request path: the same table lookup)
+        if _DONE not in LEGAL_MOVES[state]:
+            raise IllegalExchangeMove(state, _DONE)
+        self._state = _DONE
+        self._finish()
 
     def on_lost(self) -> None:
         self.upstream = None
