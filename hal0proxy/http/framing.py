@@ -38,7 +38,7 @@ class FramingError(RemoteProblem):
 
 
 class ChunkedScanner:
-    __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "chunks", "payload")
+    __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "chunks", "done", "payload")
 
     def __init__(self, collect_payload: bool = False) -> None:
         self._state = _SIZE
@@ -46,13 +46,12 @@ class ChunkedScanner:
         self._line = b""
         self._trailer_bytes = 0
         self.chunks = 0  # complete data chunks seen: a cheap count for metrics, no per-chunk call
+        # The last chunk and the trailer section are read. A plain attribute, not a property:
+        # the relay asks after every read it passes on.
+        self.done = False
         # With ``collect_payload`` the chunk data fed is also gathered here (de-chunking for an
         # HTTP/1.0 client); the relay's hot path leaves it None and copies nothing.
         self.payload: list[bytes] | None = [] if collect_payload else None
-
-    @property
-    def done(self) -> bool:
-        return self._state == _DONE
 
     @property
     def at_boundary(self) -> bool:
@@ -156,6 +155,7 @@ class ChunkedScanner:
                             self._remaining = size
                     elif not line:
                         self._state = _DONE
+                        self.done = True
                         return pos
                     else:
                         self._trailer_bytes += len(line) + 2
@@ -186,15 +186,12 @@ def parse_chunk_size(line: bytes) -> int:
 
 
 class LengthScanner:
-    __slots__ = ("_remaining", "chunks")
+    __slots__ = ("_remaining", "chunks", "done")
 
     def __init__(self, length: int) -> None:
         self._remaining = length
         self.chunks = 0
-
-    @property
-    def done(self) -> bool:
-        return self._remaining == 0
+        self.done = length == 0  # a plain attribute, as ChunkedScanner's
 
     @property
     def at_boundary(self) -> bool:
@@ -208,10 +205,11 @@ class LengthScanner:
     def feed(self, data: bytes) -> int:
         remaining = self._remaining
         size = len(data)
-        if size <= remaining:  # the common case: the read is all body (no min() call)
+        if size < remaining:  # the common case: the read is all body (no min() call)
             self._remaining = remaining - size
             return size
         self._remaining = 0
+        self.done = True
         return remaining
 
 

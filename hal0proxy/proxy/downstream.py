@@ -223,48 +223,48 @@ class ClientConnection(asyncio.Protocol):
             return
         self._processing = True
         try:
-            self._take_requests()
+            reader = self._reader
+            budget = _BURST_REQUESTS
+            while not self._closed:
+                if self._flow.write_paused:
+                    # The client is not reading its answers: take no more requests until it does
+                    # (resume_writing restarts this loop); pipelined input stays bounded meanwhile.
+                    self._update_reading()
+                    return
+                if budget == 0:
+                    if self._burst_handle is None:
+                        self._burst_handle = self._loop.call_soon(self._continue_burst)
+                    self._update_reading()
+                    return
+                try:
+                    req = reader.next_request()
+                except ProxyError as err:
+                    self.write(error_response(err, keep_alive=False))
+                    self._close()
+                    return
+                except ConnectionClosed:
+                    self._close()
+                    return
+                if reader.send_continue:
+                    reader.send_continue = False
+                    self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if req is None:
+                    self._update_reading()
+                    return
+                budget -= 1
+                self._req = req
+                self._keep_alive = reader.keep_alive
+                self._reading_request = False
+                self._timer.cancel()
+                self._dispatch()
+                if self._req is not None:
+                    # (_update_reading, inlined for the usual case: nothing piled up, nothing held)
+                    flow = self._flow
+                    if flow.read_paused or reader.buffered_bytes > self._ctx.settings.pipeline_buffer_bytes:
+                        self._update_reading()
+                    return  # answered asynchronously; finish_response resumes parsing
         finally:
             self._processing = False
-
-    def _take_requests(self) -> None:
-        reader = self._reader
-        budget = _BURST_REQUESTS
-        while not self._closed:
-            if self._flow.write_paused:
-                # The client is not reading its answers: take no more requests until it does
-                # (resume_writing restarts this loop); pipelined input stays bounded meanwhile.
-                self._update_reading()
-                return
-            if budget == 0:
-                if self._burst_handle is None:
-                    self._burst_handle = self._loop.call_soon(self._continue_burst)
-                self._update_reading()
-                return
-            try:
-                req = reader.next_request()
-            except ProxyError as err:
-                self.write(error_response(err, keep_alive=False))
-                self._close()
-                return
-            except ConnectionClosed:
-                self._close()
-                return
-            if reader.send_continue:
-                reader.send_continue = False
-                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            if req is None:
-                self._update_reading()
-                return
-            budget -= 1
-            self._req = req
-            self._keep_alive = reader.keep_alive
-            self._reading_request = False
-            self._timer.cancel()
-            self._dispatch()
-            if self._req is not None:
-                self._update_reading()
-                return  # answered asynchronously; finish_response resumes parsing
 
     def _continue_burst(self) -> None:
         self._burst_handle = None
@@ -408,6 +408,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._buffered = 0
         self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
+        flow = self._flow
+        if self._reader.idle and not flow.read_paused and not flow.write_paused:
+            return  # nothing pipelined and nothing held (the usual case): the next read starts the next request
         self._process_events()  # takes the next request, and resumes reading if it was held
 
     # ------------------------------------------------------------------ the one timer

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,6 +77,7 @@ class Exchange:
         "_transport",
         "is_head",
         "keep_alive",
+        "on_body",
         "req",
         "status",
         "ttfb",
@@ -114,6 +115,9 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.status = 0
         self.ttfb = 0.0
+        # What the upstream connection calls with each read of body it relays: the client
+        # transport's own write, so an SSE event costs no Python frame of this class.
+        self.on_body: Callable[[bytes], None] = transport.write
 
     @property
     def state(self) -> ExchangeState:
@@ -248,7 +252,10 @@ class Exchange:
         return True
 
     def _send(self, conn: UpstreamConnection) -> None:
-        self._move(_SENT)
+        state = self._state  # (_move, inlined on the per-request path: the same table lookup)
+        if _SENT not in LEGAL_MOVES[state]:
+            raise IllegalExchangeMove(state, _SENT)
+        self._state = _SENT
         self.upstream = conn
         conn.send(self._request_bytes, self, self.is_head)
         if self._flow.write_paused:
@@ -257,7 +264,10 @@ class Exchange:
 
     # -- what the upstream connection reports ------------------------------------------------
     def on_head(self, head: ResponseHead, first: bytes) -> None:
-        self._move(_HEAD_RELAYED)
+        state = self._state  # (_move, inlined on the per-request path: the same table lookup)
+        if _HEAD_RELAYED not in LEGAL_MOVES[state]:
+            raise IllegalExchangeMove(state, _HEAD_RELAYED)
+        self._state = _HEAD_RELAYED
         self._timer.cancel()
         self.ttfb = perf_counter()
         self.status = head.status
@@ -270,15 +280,16 @@ class Exchange:
         else:
             self._transport.write(data)
 
-    def on_body(self, data: bytes) -> None:
-        self._transport.write(data)
-
     def on_end(self) -> None:
         scanner = self._scanner
         if isinstance(scanner, ChunkedScanner):
             self._ctx.stats.chunks_relayed += scanner.chunks
         self.upstream = None
-        self._finish(_DONE)
+        state = self._state  # (_move, inlined on the per-request path: the same table lookup)
+        if _DONE not in LEGAL_MOVES[state]:
+            raise IllegalExchangeMove(state, _DONE)
+        self._state = _DONE
+        self._finish()
 
     def on_lost(self) -> None:
         self.upstream = None

@@ -22,12 +22,13 @@ _SLACK_S = 0.001
 
 
 class ConnectionTimer:
-    __slots__ = ("_deadline", "_expired", "_handle", "_loop", "kind")
+    __slots__ = ("_deadline", "_expired", "_handle", "_loop", "_when", "kind")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, expired: Callable[[int], None]) -> None:
         self._loop = loop
         self._expired = expired  # called with the kind that expired
         self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0  # when the handle fires (kept here: no when() call per re-arm)
         self._deadline = 0.0
         self.kind = NOTHING
 
@@ -38,9 +39,10 @@ class ConnectionTimer:
         self.kind = kind
         handle = self._handle
         if handle is not None:
-            if handle.when() <= deadline:
+            if self._when <= deadline:
                 return  # fires in time; _fire moves it on to the new deadline
             handle.cancel()
+        self._when = deadline
         self._handle = self._loop.call_at(deadline, self._fire)
 
     def cancel(self) -> None:
@@ -60,6 +62,7 @@ class ConnectionTimer:
         if kind == NOTHING:
             return
         if self._deadline - self._loop.time() > _SLACK_S:
+            self._when = self._deadline
             self._handle = self._loop.call_at(self._deadline, self._fire)
             return
         self.kind = NOTHING

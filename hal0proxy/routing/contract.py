@@ -54,28 +54,41 @@ class Router(Protocol):
         ...
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class StaticLease:
     port: int
     slot: str
-    released: bool = False
 
     def release(self) -> None:
-        self.released = True
+        return None  # a fixed table counts nothing in flight
 
 
 @dataclass
 class StaticRouter:
-    """model name -> port, fixed. Unknown models get 404 ``dispatch.no_route``."""
+    """model name -> port, fixed. Unknown models get 404 ``dispatch.no_route``.
+
+    Its lease is only a port and a name, immutable, with nothing to account for on release:
+    one lease per route serves every request, none is built per request.
+    """
 
     table: dict[str, int]
     default: str | None = None
     in_flight: dict[str, int] = field(default_factory=dict)
+    _leases: dict[str, StaticLease] = field(default_factory=dict, init=False, repr=False)
 
     def acquire_now(self, request: Classified) -> Lease | None:
-        name = request.model or next((s for s in request.default_slots if s in self.table), self.default)
-        port = self.table.get(name) if name is not None else None
-        return StaticLease(port=port, slot=name) if port is not None and name is not None else None
+        name = request.model
+        if name is None:
+            name = next((s for s in request.default_slots if s in self.table), self.default)
+            if name is None:
+                return None
+        port = self.table.get(name)
+        if port is None:
+            return None
+        lease = self._leases.get(name)
+        if lease is None or lease.port != port:  # (first use, or the table was edited)
+            lease = self._leases[name] = StaticLease(port, name)
+        return lease
 
     async def acquire(self, request: Classified) -> Lease:
         name = request.model

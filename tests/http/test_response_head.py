@@ -138,3 +138,13 @@ def test_generated_heads_cached_like_fresh(status: bytes, fields: list[bytes], m
     expected = _answer(parse_head_uncached, head, method_is_head)
     assert _answer(parse_head, head, method_is_head) == expected
     assert _answer(parse_head, head, method_is_head) == expected
+
+
+def test_a_length_body_is_done_exactly_at_its_last_byte_across_reads() -> None:
+    scanner = LengthScanner(5)
+    assert not scanner.done
+    assert scanner.feed(b"he") == 2 and not scanner.done
+    assert scanner.feed(b"") == 0 and not scanner.done
+    assert scanner.feed(b"llo") == 3 and scanner.done  # the read that ends it exactly
+    assert scanner.feed(b"more") == 0 and scanner.done  # nothing past the end belongs to it
+    assert LengthScanner(0).done  # an empty body is done before any read

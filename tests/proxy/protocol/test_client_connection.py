@@ -251,3 +251,31 @@ def test_the_conversation_id_is_forwarded_when_configured() -> None:
     h.send(chat_request(extra=b"X-Conversation-Id: c1\r\nAuthorization: Bearer child-key\r\n"))
     head = bytes(h.child.buffer).split(b"\r\n\r\n", 1)[0].lower()
     assert b"x-conversation-id: c1" in head and b"authorization: bearer child-key" in head
+
+
+# -- the next request after a forwarded one --------------------------------------------------
+
+
+def test_a_request_arriving_after_the_response_is_forwarded_on_the_same_child_connection() -> None:
+    h = Harness()
+    h.send(chat_request())
+    h.upstream.data_received(JSON_RESPONSE)
+    assert _status(h.client.take()) == 200
+    assert not h.client.read_paused and h.conn.exchange is None
+    h.child.take()
+    h.send(chat_request())  # a later read, nothing was pipelined
+    assert h.child.take().startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    h.upstream.data_received(JSON_RESPONSE)
+    assert _status(h.client.take()) == 200
+    assert h.observed == [("m", 200), ("m", 200)] and not h.client.closing
+
+
+def test_a_request_pipelined_behind_a_forwarded_one_is_sent_when_the_response_ends() -> None:
+    h = Harness()
+    h.send(chat_request() + chat_request(extra=b"x-second: yes\r\n"))
+    assert h.child.take().count(b"POST ") == 1  # one exchange at a time
+    h.upstream.data_received(JSON_RESPONSE)
+    assert b"x-second: yes\r\n" in h.child.take()  # the second request went out on the pooled connection
+    h.upstream.data_received(JSON_RESPONSE)
+    assert h.client.take().count(b"HTTP/1.1 200 OK") == 2
+    assert h.observed == [("m", 200), ("m", 200)]
