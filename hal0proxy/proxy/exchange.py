@@ -17,13 +17,13 @@ from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hal0proxy.http.errors import ProxyError, error_response
+from hal0proxy.http.errors import ProxyError, as_proxy_error, error_response
 from hal0proxy.http.framing import LAST_CHUNK, BodyScanner, ChunkedScanner, encode_chunk
 from hal0proxy.http.messages import HttpRequest
 from hal0proxy.http.problems import BadResponse
 from hal0proxy.proxy.exchange_state import ENDS, LEGAL_MOVES, MAX_REROUTES, ExchangeState, IllegalExchangeMove
 from hal0proxy.proxy.timer import FIRST_BYTE, ConnectionTimer
-from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, ResponseHead, UpstreamConnection
+from hal0proxy.proxy.upstream import ChildConnectTimeout, ChildUnreachable, ResponseHead, UpstreamConnection
 from hal0proxy.proxy.wire import check_api_key, downstream_head, upstream_request
 from hal0proxy.routing.classify import Classified, classify
 from hal0proxy.routing.contract import Lease
@@ -180,10 +180,10 @@ class Exchange:
             if conn is None:
                 try:
                     conn = await pool.connect(lease.port)
-                except ConnectTimeout:
-                    self._fail(ProxyError(504, "upstream.timeout", "timed out connecting to the model server"))
+                except ChildConnectTimeout as exc:
+                    self._fail(as_proxy_error(exc))
                     return
-                except ConnectFailed as exc:
+                except ChildUnreachable as exc:
                     # The route is stale (child gone or moved): re-resolve instead of answering 502.
                     if not await self._reroute("the model server is not reachable", {"error": str(exc)}):
                         return
@@ -329,7 +329,7 @@ class Exchange:
         if self._state is _HEAD_RELAYED:
             self.on_lost()  # part of the response is out: end it the way a dead child ends it
             return
-        self._fail(ProxyError(502, problem.code, problem.message))
+        self._fail(as_proxy_error(problem))
 
     def wants_plain_body(self) -> bool:  # de-chunk: an HTTP/1.0 client cannot read chunked coding
         return self.req.http_version == b"1.0"

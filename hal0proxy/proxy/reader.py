@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import h11
 
-from hal0proxy.http.errors import ProxyError
+from hal0proxy.http.errors import ProxyError, as_proxy_error
 from hal0proxy.http.framing import ChunkedScanner, FramingError
 from hal0proxy.http.headers import connection_tokens
 from hal0proxy.http.messages import HttpRequest
@@ -136,7 +136,7 @@ class RequestReader:
             try:
                 parsed = parse_request_head(self._buf)
             except BadRequest as problem:
-                raise _proxy_error(problem) from None
+                raise as_proxy_error(problem) from None
             if parsed is NEED_MORE:
                 if len(self._buf) > self._max_header:
                     raise _too_large_head()
@@ -178,7 +178,7 @@ class RequestReader:
         try:
             chunked = check_slow_head(buf[:end])
         except BadRequest as problem:
-            raise _proxy_error(problem) from None
+            raise as_proxy_error(problem) from None
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header)
         self._chunk_error = None
         self._chunk_check = None
@@ -280,10 +280,6 @@ class RequestReader:
 
 class ConnectionClosed(Exception):
     """The client closed its side cleanly between requests."""
-
-
-def _proxy_error(problem: BadRequest) -> ProxyError:
-    return ProxyError(problem.status_hint, problem.code, problem.message)
 
 
 def _too_large_head() -> ProxyError:

@@ -13,18 +13,28 @@ import asyncio
 from typing import Protocol, cast
 
 from hal0proxy.http.framing import BodyScanner, ChunkedScanner, FramingError, UntilCloseScanner
-from hal0proxy.http.problems import BadResponse
+from hal0proxy.http.problems import BadResponse, HttpProblem
 from hal0proxy.http.response_reader import ResponseHead, ResponseReader
 
-__all__ = ["ConnectFailed", "ConnectTimeout", "Exchange", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["ChildConnectTimeout", "ChildUnreachable", "Exchange", "ResponseHead", "UpstreamConnection", "UpstreamPool"]
 
 
-class ConnectFailed(Exception):
-    """The child could not be reached at all (refused, unreachable, reset during connect)."""
+class ChildUnreachable(HttpProblem):
+    """The child could not be reached at all (refused, unreachable, reset during connect).
+
+    Usually a stale route (the child is gone or moved): the exchange re-resolves it, and
+    answers with the status hint only when there is nowhere else to go.
+    """
+
+    status_hint = 502
+    code = "dispatch.upstream_unavailable"
 
 
-class ConnectTimeout(Exception):
+class ChildConnectTimeout(HttpProblem):
     """The child did not accept the connection within the connect timeout."""
+
+    status_hint = 504
+    code = "upstream.timeout"
 
 
 class Exchange(Protocol):
@@ -233,9 +243,9 @@ class UpstreamPool:
                 self.connect_timeout_s,
             )
         except TimeoutError:
-            raise ConnectTimeout(f"connect to {self.host}:{port} timed out") from None
+            raise ChildConnectTimeout("timed out connecting to the model server") from None
         except OSError as exc:
-            raise ConnectFailed(f"connect to {self.host}:{port} failed: {exc}") from None
+            raise ChildUnreachable(f"connect to {self.host}:{port} failed: {exc}") from None
         return proto
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.downstream import ClientConnection
 from hal0proxy.proxy.settings import ProxySettings
-from hal0proxy.proxy.upstream import ConnectFailed, ConnectTimeout, UpstreamConnection, UpstreamPool
+from hal0proxy.proxy.upstream import ChildConnectTimeout, ChildUnreachable, UpstreamConnection, UpstreamPool
 from hal0proxy.routing.classify import Classified
 from hal0proxy.routing.contract import Lease, Router, StaticRouter
 
@@ -219,9 +219,9 @@ class ScriptedPool(UpstreamPool):
         self.connects += 1
         step = self.script.pop(0) if self.script else "ok"
         if step == "refused":
-            raise ConnectFailed(f"connect to 127.0.0.1:{port} failed: refused")
+            raise ChildUnreachable(f"connect to 127.0.0.1:{port} failed: refused")
         if step == "timeout":
-            raise ConnectTimeout(f"connect to 127.0.0.1:{port} timed out")
+            raise ChildConnectTimeout(f"connect to 127.0.0.1:{port} timed out")
         if step == "wait":
             assert self.gate is not None
             await self.gate.wait()
