@@ -32,6 +32,7 @@ from hal0proxy.control.pins import InFlightPins
 from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.control.room import Room
+from hal0proxy.control.shared import ControlShared
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError
@@ -127,28 +128,10 @@ class Controller:
         self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
         # The proxy's own unloads, so the eviction line lemond logs after one is not lemond's.
         self._unloads = UnloadLedger()
-        current = self._current_config
-        self.recovery = Recovery(adapter, self.registry, self.journal, current, clock, self._unloads)
-        self.room = Room(
-            adapter,
-            self.registry,
-            self.journal,
-            current,
-            clock,
-            self._unloads,
-            is_loading=self._is_loading,
-            on_unload=self._unload_issued,
-        )
-        self.loading = Loading(
-            adapter,
-            self.registry,
-            self.journal,
-            current,
-            clock,
-            self.recovery,
-            self.room,
-            on_measured=self._load_measured,
-        )
+        shared = ControlShared(adapter, self.registry, self.journal, self._current_config, clock)
+        self.recovery = Recovery(shared, self._unloads)
+        self.room = Room(shared, self._unloads, is_loading=self._is_loading, on_unload=self._unload_issued)
+        self.loading = Loading(shared, self.recovery, self.room, on_measured=self._load_measured)
         self.catalog = Catalog(adapter, self.registry, clock, self.recovery.lemond_retry_after)
         adapter.names.learn(cfg.model for cfg in config.slots)
         self.pins = InFlightPins(adapter.client, lambda: self.lemond_major >= 11)

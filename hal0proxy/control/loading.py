@@ -15,11 +15,9 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from hal0proxy.config import Config
-from hal0proxy.control.journal import Journal
 from hal0proxy.control.recovery import LoadFailure
-from hal0proxy.control.registry import Slot, SlotRegistry
-from hal0proxy.lemond.adapter import LemondAdapter
+from hal0proxy.control.registry import Slot
+from hal0proxy.control.shared import ControlShared
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, ModelNotFound
 from hal0proxy.slots import policy
 from hal0proxy.slots.signals import LoadError, LoadRequested
@@ -60,21 +58,13 @@ class Loading:
 
     def __init__(
         self,
-        adapter: LemondAdapter,
-        registry: SlotRegistry,
-        journal: Journal,
-        config: Callable[[], Config],
-        clock: Callable[[], float],
+        shared: ControlShared,
         recovery: LoadRecovery,
         room: LoadRoom,
         *,
         on_measured: Callable[[str, float], None] = _ignore,
     ) -> None:
-        self._adapter = adapter
-        self._registry = registry
-        self._journal = journal
-        self._config = config  # read at use: a configuration reload replaces it
-        self._clock = clock
+        self._adapter, self._registry, self._journal, self._config, self._clock = shared
         self._recovery = recovery
         self._room = room
         self._on_measured = on_measured

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
-from hal0proxy.config import Config
 from hal0proxy.control.attribution import UnloadLedger
-from hal0proxy.control.journal import Journal
-from hal0proxy.control.registry import Slot, SlotRegistry
+from hal0proxy.control.registry import Slot
+from hal0proxy.control.shared import ControlShared
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError, LemondUnavailable, NotLoaded
@@ -61,18 +59,10 @@ class Recovery:
 
     def __init__(
         self,
-        adapter: LemondAdapter,
-        registry: SlotRegistry,
-        journal: Journal,
-        config: Callable[[], Config],
-        clock: Callable[[], float],
+        shared: ControlShared,
         ledger: UnloadLedger,
     ) -> None:
-        self._adapter = adapter
-        self._registry = registry
-        self._journal = journal
-        self._config = config  # read at use: a configuration reload replaces it
-        self._clock = clock
+        self._adapter, self._registry, self._journal, self._config, self._clock = shared
         self._ledger = ledger
         self._health_failures_seen = 0
         self.recoveries = 0  # dead children lemond still listed, cleared with unload + load

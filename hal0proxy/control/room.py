@@ -16,12 +16,10 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 
-from hal0proxy.config import Config
 from hal0proxy.control.attribution import UnloadLedger
-from hal0proxy.control.journal import Journal
 from hal0proxy.control.recovery import LoadFailure
-from hal0proxy.control.registry import Slot, SlotRegistry
-from hal0proxy.lemond.adapter import LemondAdapter
+from hal0proxy.control.registry import Slot
+from hal0proxy.control.shared import ControlShared
 from hal0proxy.lemond.errors import LemondError, NotLoaded
 from hal0proxy.slots import policy
 from hal0proxy.slots.signals import IdleTick, UnloadRequested
@@ -50,21 +48,13 @@ class Room:
 
     def __init__(
         self,
-        adapter: LemondAdapter,
-        registry: SlotRegistry,
-        journal: Journal,
-        config: Callable[[], Config],
-        clock: Callable[[], float],
+        shared: ControlShared,
         ledger: UnloadLedger,
         *,
         is_loading: Callable[[str], bool] = _never,
         on_unload: Callable[[str], None] = _ignore,
     ) -> None:
-        self._adapter = adapter
-        self._registry = registry
-        self._journal = journal
-        self._config = config  # read at use: a configuration reload replaces it
-        self._clock = clock
+        self._adapter, self._registry, self._journal, self._config, self._clock = shared
         self._ledger = ledger
         self._is_loading = is_loading
         self._on_unload = on_unload

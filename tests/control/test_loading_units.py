@@ -20,6 +20,7 @@ from hal0proxy.control.loading import Loading
 from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.control.room import Room
+from hal0proxy.control.shared import ControlShared
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.slots.state import SlotState
 
@@ -32,19 +33,11 @@ def loading(url: str = DOWN) -> tuple[Loading, SlotRegistry, Journal, list[tuple
     adapter = LemondAdapter(url, api_key=None)
     registry = SlotRegistry(cfg.slots)
     journal, ledger, clock = Journal(), UnloadLedger(), time.monotonic
-    recovery = Recovery(adapter, registry, journal, lambda: cfg, clock, ledger)
-    room = Room(adapter, registry, journal, lambda: cfg, clock, ledger)
+    shared = ControlShared(adapter, registry, journal, lambda: cfg, clock)
+    recovery = Recovery(shared, ledger)
+    room = Room(shared, ledger)
     measured: list[tuple[str, float]] = []
-    obj = Loading(
-        adapter,
-        registry,
-        journal,
-        lambda: cfg,
-        clock,
-        recovery,
-        room,
-        on_measured=lambda model, s: measured.append((model, s)),
-    )
+    obj = Loading(shared, recovery, room, on_measured=lambda model, s: measured.append((model, s)))
     return obj, registry, journal, measured
 
 
@@ -135,9 +128,10 @@ async def test_no_room_in_the_pool_fails_the_load_before_lemond_is_asked() -> No
     cfg = Config(slots=(SlotConfig(name="primary", model=M),))
     adapter = LemondAdapter(DOWN, api_key=None)
     registry, journal, clock = SlotRegistry(cfg.slots), Journal(), time.monotonic
-    recovery = Recovery(adapter, registry, journal, lambda: cfg, clock, UnloadLedger())
+    shared = ControlShared(adapter, registry, journal, lambda: cfg, clock)
+    recovery = Recovery(shared, UnloadLedger())
     room = NoRoom()
-    obj = Loading(adapter, registry, journal, lambda: cfg, clock, recovery, room)
+    obj = Loading(shared, recovery, room)
     slot = registry.get("primary")
     assert slot is not None
     with pytest.raises(LoadFailure, match="no room"):

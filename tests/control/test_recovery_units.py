@@ -17,6 +17,7 @@ from hal0proxy.control.attribution import UnloadLedger
 from hal0proxy.control.journal import Journal
 from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import SlotRegistry
+from hal0proxy.control.shared import ControlShared
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.events import LemondRestarted, ModelLoaded
@@ -37,7 +38,8 @@ def recovery() -> tuple[Recovery, LemondAdapter, SlotRegistry, Journal, UnloadLe
     registry = SlotRegistry(cfg.slots)
     adapter.subscribe(registry.apply_event)
     journal, ledger = Journal(), UnloadLedger()
-    return Recovery(adapter, registry, journal, lambda: cfg, time.monotonic, ledger), adapter, registry, journal, ledger
+    shared = ControlShared(adapter, registry, journal, lambda: cfg, time.monotonic)
+    return Recovery(shared, ledger), adapter, registry, journal, ledger
 
 
 def loaded(adapter: LemondAdapter, model: str, port: int) -> None:

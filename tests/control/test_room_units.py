@@ -17,6 +17,7 @@ from hal0proxy.control.attribution import UnloadLedger
 from hal0proxy.control.journal import Journal
 from hal0proxy.control.recovery import LoadFailure
 from hal0proxy.control.room import Room
+from hal0proxy.control.shared import ControlShared
 from hal0proxy.slots.signals import RequestFinished, RequestStarted
 from hal0proxy.slots.state import SlotState
 
@@ -31,16 +32,8 @@ def room(max_models: int, *specs: SlotConfig, loading: set[str] | None = None) -
     journal, clock, ledger = Journal(), Clock(), UnloadLedger()
     told: list[str] = []
     busy = loading or set()
-    obj = Room(
-        adapter,  # type: ignore[arg-type]
-        registry,
-        journal,
-        lambda: cfg,
-        clock,
-        ledger,
-        is_loading=lambda model: model in busy,
-        on_unload=told.append,
-    )
+    shared = ControlShared(adapter, registry, journal, lambda: cfg, clock)  # type: ignore[arg-type]
+    obj = Room(shared, ledger, is_loading=lambda model: model in busy, on_unload=told.append)
     return obj, registry, adapter, journal, clock, ledger, told
 
 
