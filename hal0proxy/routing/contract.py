@@ -73,7 +73,6 @@ class StaticRouter:
 
     table: dict[str, int]
     default: str | None = None
-    in_flight: dict[str, int] = field(default_factory=dict)
     _leases: dict[str, StaticLease] = field(default_factory=dict, init=False, repr=False)
 
     def acquire_now(self, request: Classified) -> Lease | None:
