@@ -51,6 +51,14 @@ def _current(h: Harness) -> Exchange:
     return exchange
 
 
+def _sent(*, stream: bool = False, **settings: float) -> tuple[Harness, ScriptedRouter, Exchange]:
+    """A harness whose client has sent one chat request, forwarded on the fast path."""
+    router = ScriptedRouter()
+    h = Harness(router=router, **settings)  # type: ignore[arg-type]
+    h.send(chat_request(stream=stream))
+    return h, router, _current(h)
+
+
 def _scripted(
     *, fast: bool = True, pooled: bool = True, **settings: float
 ) -> tuple[Harness, ScriptedRouter, ScriptedPool]:
@@ -332,10 +340,7 @@ async def test_a_fresh_connection_dying_with_nowhere_to_go_is_502() -> None:
 
 
 def test_first_byte_timeout_moves_sent_to_failed_with_504() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router, upstream_first_byte_timeout_s=10.0)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent(upstream_first_byte_timeout_s=10.0)
     h.loop.advance(9.9)
     assert exchange.state is S.SENT
     h.loop.advance(0.2)
@@ -346,10 +351,7 @@ def test_first_byte_timeout_moves_sent_to_failed_with_504() -> None:
 
 
 def test_garbage_from_the_child_moves_sent_to_failed_with_502() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent()
     h.upstream.data_received(b"SPDY/9 banana\r\n\r\n")
     assert exchange.state is S.FAILED and h.child.aborted
     out = h.client.take()
@@ -358,10 +360,7 @@ def test_garbage_from_the_child_moves_sent_to_failed_with_502() -> None:
 
 
 def test_a_child_lost_in_the_middle_of_its_head_is_502() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent()
     h.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-")
     h.upstream.connection_lost(None)
     assert exchange.state is S.FAILED
@@ -374,10 +373,7 @@ def test_a_child_lost_in_the_middle_of_its_head_is_502() -> None:
 
 
 def test_a_stream_lost_between_events_ends_with_the_interrupted_event() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request(stream=True))
-    exchange = _current(h)
+    h, router, exchange = _sent(stream=True)
     h.upstream.data_received(SSE_HEAD + event_chunk(0))
     assert exchange.state is S.HEAD_RELAYED
     h.upstream.connection_lost(None)
@@ -389,10 +385,7 @@ def test_a_stream_lost_between_events_ends_with_the_interrupted_event() -> None:
 
 
 def test_a_stream_lost_mid_event_is_cut() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request(stream=True))
-    exchange = _current(h)
+    h, router, exchange = _sent(stream=True)
     h.upstream.data_received(SSE_HEAD + event_chunk(0)[:6])
     h.upstream.connection_lost(None)
     assert exchange.state is S.FAILED and h.client.aborted
@@ -401,10 +394,7 @@ def test_a_stream_lost_mid_event_is_cut() -> None:
 
 
 def test_a_plain_body_lost_midway_is_cut() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent()
     h.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
     h.upstream.connection_lost(None)
     assert exchange.state is S.FAILED and h.client.aborted
@@ -412,10 +402,7 @@ def test_a_plain_body_lost_midway_is_cut() -> None:
 
 
 def test_garbage_framing_after_the_head_is_cut_like_a_loss() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request(stream=True))
-    exchange = _current(h)
+    h, router, exchange = _sent(stream=True)
     h.upstream.data_received(SSE_HEAD + event_chunk(0))
     h.upstream.data_received(b"zz\r\nnot a chunk\r\n")
     # between events when the framing broke: the interrupted event ends the stream
@@ -455,10 +442,7 @@ async def test_client_gone_while_connecting_releases_the_lease_once() -> None:
 
 
 def test_client_gone_after_the_request_was_sent_aborts_the_child() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent()
     h.conn.connection_lost(None)
     assert exchange.state is S.CANCELLED and h.child.aborted
     assert h.ctx.stats.client_disconnects == 1 and router.all_released_once()
@@ -466,10 +450,7 @@ def test_client_gone_after_the_request_was_sent_aborts_the_child() -> None:
 
 
 def test_client_gone_mid_stream_aborts_the_child() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request(stream=True))
-    exchange = _current(h)
+    h, router, exchange = _sent(stream=True)
     h.upstream.data_received(SSE_HEAD + event_chunk(0))
     h.conn.connection_lost(None)
     assert exchange.state is S.CANCELLED and h.child.aborted
@@ -477,10 +458,7 @@ def test_client_gone_mid_stream_aborts_the_child() -> None:
 
 
 def test_client_gone_after_a_cut_releases_nothing_twice() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent()
     h.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
     h.upstream.connection_lost(None)
     h.conn.connection_lost(None)  # the abort's consequence
@@ -522,10 +500,7 @@ async def test_shutdown_while_connecting_answers_503_and_releases_the_lease() ->
 
 
 def test_shutdown_after_the_request_was_sent_answers_503_and_aborts_the_child() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent()
     h.conn.end_now()
     assert exchange.state is S.CANCELLED and h.child.aborted
     assert _status(h.client.take()) == 503 and h.client.closing
@@ -533,10 +508,7 @@ def test_shutdown_after_the_request_was_sent_answers_503_and_aborts_the_child() 
 
 
 def test_shutdown_between_events_ends_the_stream_with_a_final_event() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request(stream=True))
-    exchange = _current(h)
+    h, router, exchange = _sent(stream=True)
     h.upstream.data_received(SSE_HEAD + event_chunk(0))
     h.client.take()
     h.conn.end_now()
@@ -548,10 +520,7 @@ def test_shutdown_between_events_ends_the_stream_with_a_final_event() -> None:
 
 
 def test_shutdown_mid_event_cuts_the_stream() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request(stream=True))
-    exchange = _current(h)
+    h, router, exchange = _sent(stream=True)
     h.upstream.data_received(SSE_HEAD + event_chunk(0)[:5])
     h.conn.end_now()
     assert exchange.state is S.CANCELLED and h.client.aborted and h.child.aborted
@@ -559,10 +528,7 @@ def test_shutdown_mid_event_cuts_the_stream() -> None:
 
 
 def test_close_when_idle_waits_for_the_response_then_closes() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request())
-    exchange = _current(h)
+    h, router, exchange = _sent()
     h.ctx.draining = True
     h.conn.close_when_idle()
     assert not h.client.closing and exchange.state is S.SENT
@@ -595,10 +561,7 @@ async def test_hang_before_the_head_reroutes_without_retrying_the_same_child() -
 
 
 def test_hang_mid_stream_ends_it_with_the_interrupted_event() -> None:
-    router = ScriptedRouter()
-    h = Harness(router=router)
-    h.send(chat_request(stream=True))
-    exchange = _current(h)
+    h, router, exchange = _sent(stream=True)
     h.upstream.data_received(SSE_HEAD + event_chunk(0))
     mark = exchange.progress_mark()
     assert mark is not None and mark[1][2] == 1  # one chunk so far
