@@ -80,8 +80,9 @@ class SlotStatus:
     pid: int | None = None
     message: str = ""
     in_flight: int = 0
-    #: When a request last entered or left the slot (the caller's clock); for a slot that
-    #: went idle without ever serving, when it became ready. The start of its quiet period.
+    #: When a request last entered or left the slot's current child (the caller's clock); for
+    #: a child that went idle without ever serving, when it came up. ``None``: no request yet
+    #: since the child came up. The start of its quiet period either way (``quiet_since``).
     last_used: float | None = None
     #: When ``state`` last changed.
     updated_at: float = 0.0
@@ -135,7 +136,9 @@ def _child_up(status: SlotStatus, port: int | None, pid: int | None, now: float)
     path = _UP_PATH[status.state]
     if status.in_flight > 0:
         path = (*path, S.SERVING)
-    return replace(_move(status, path, now), port=port, pid=pid, message="", error=None)
+    # A new child is a new life: its quiet period starts when it came up, not at the last
+    # request the previous child served.
+    return replace(_move(status, path, now), port=port, pid=pid, message="", error=None, last_used=None)
 
 
 def _child_gone(status: SlotStatus, crashed: bool, now: float) -> SlotStatus:
@@ -177,8 +180,8 @@ def reduce(status: SlotStatus, signal: Signal, now: float) -> SlotStatus:
             quiet = status.in_flight == 0 and now - status.quiet_since() >= timeout
             if st is S.READY and timeout > 0 and quiet:
                 idle = _move(status, (S.IDLE,), now)
-                # Going idle does not start a new quiet period: a slot that never served keeps
-                # the time it became ready, else its idle unload would wait a second timeout.
+                # Going idle does not start a new quiet period: a child that never served keeps
+                # the time it came up, else its idle unload would wait a second timeout.
                 return idle if status.last_used is not None else replace(idle, last_used=status.updated_at)
             return status
         case ChildUp(port=port, pid=pid):

@@ -101,6 +101,21 @@ def test_a_never_used_slot_is_due_for_idle_unload_one_timeout_after_it_became_re
     assert idle_unload_candidates([view], now=15.0) == [UnloadAction("a", s.model, "idle")]
 
 
+def test_a_new_child_starts_a_new_quiet_period() -> None:
+    # A child that served at 11 and died is replaced at 50: the replacement is not idle at 60
+    # because of the old child's last request.
+    s = reduce(reduce(ready(10.0), RequestStarted(), 11.0), RequestFinished(), 11.0)
+    s = reduce(reduce(s, ChildGone("crash", True), 20.0), LoadBegan(), 40.0)
+    s = reduce(s, ChildUp(8002, 7), 50.0)
+    assert (s.state, s.quiet_since()) == (S.READY, 50.0)
+    assert reduce(s, IdleTick(30), 60.0).state is S.READY
+    assert reduce(s, IdleTick(30), 80.0).state is S.IDLE
+    # The same after a slot went idle without serving and its load failed and was retried.
+    s = reduce(ready(0.0), IdleTick(5), 5.0)
+    s = reduce(reduce(s, LoadError("boom"), 5.0), ChildUp(8001, None), 5.0)
+    assert reduce(s, IdleTick(5), 5.0).state is S.READY
+
+
 def test_eviction_is_offline_not_error() -> None:
     s = reduce(ready(), RequestStarted(), 11.0)
     s = reduce(s, ChildGone("lru"), 12.0)
@@ -189,6 +204,7 @@ class Ref:
             if sig.port is not None:
                 self.port = sig.port
             if st_ in self.NOT_LOADED:
+                self.last_used = None  # a new child: its quiet period starts now
                 self.go(S.SERVING if self.in_flight else S.READY, now)
         elif isinstance(sig, ChildGone):
             self.port = None
@@ -218,6 +234,7 @@ class Ref:
             quiet_since = self.last_used if self.last_used is not None else self.changed_at
             if st_ is S.READY and self.in_flight == 0 and sig.idle_timeout_s > 0:
                 if now - quiet_since >= sig.idle_timeout_s:
+                    self.last_used = quiet_since  # going idle does not restart the quiet period
                     self.go(S.IDLE, now)
 
 
@@ -263,6 +280,8 @@ def test_random_histories_match_the_reference_and_stay_legal(history: list[tuple
             status = reduce(status, signal, now)
             ref.step(signal, now)
             assert (status.state, status.in_flight, status.port) == (ref.state, ref.in_flight, ref.port), signal
+            ref_quiet = ref.last_used if ref.last_used is not None else ref.changed_at
+            assert status.quiet_since() == ref_quiet, signal
             # Every step was checked by the table, and only the documented jumps were forced.
             for current, target, forced in calls:
                 assert state_mod.is_transition_legal(current, target, forced=forced)
