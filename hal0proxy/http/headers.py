@@ -44,14 +44,3 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
         if name == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
     return tokens
-
-
-def filter_end_to_end(
-    headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
-) -> list[tuple[bytes, bytes]]:
-    """Headers minus hop-by-hop ones, those the Connection header names, and ``drop``."""
-    headers = list(headers)
-    named = connection_tokens(headers)
-    return [
-        (name, value) for name, value in headers if name not in HOP_BY_HOP and name not in named and name not in drop
-    ]
