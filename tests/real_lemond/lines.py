@@ -23,6 +23,7 @@ KNOWN_IRRELEVANT: tuple[tuple[str, str, str], ...] = (
     ("Router", r"Model already loaded, updating access time", "a load of a loaded model: no state change"),
     ("ModelManager", r"", "the model catalogue (discovery, registration): what exists, not what is loaded"),
     ("LlamaCpp", r"Using LlamaCpp Backend: ", "which backend flavour a spawn uses, not where it listens"),
+    ("load", r"Using GGUF: ", "which model file a load reads (v10.7.0, seen in chaos): not where the child listens"),
     (
         "ProcessManager",
         r"(Process already exited; reaped PID \d+|Process PID \d+ (was already gone|is no longer an owned child))",
