@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.real_lemond.lines import unexplained_lines
+from hal0proxy.lemond.parser import parse
+from tests.real_lemond.lines import misprefixed, unexplained_lines
 from tests.support.real_lemond import DEFAULT_MODELS, SUPPORTED, RealLemond, start_real_lemond
 
 
@@ -26,6 +27,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def assert_lines_understood(lem: RealLemond) -> None:
+    for line in filter(misprefixed, lem.log_lines()):
+        if parse(line) is None:
+            print(f"lemond printed a line under a garbled prefix (its log-prefix race): {line}")
     problems = unexplained_lines(
         lem.log_lines(), models=lem.models, pids=lem.seen_child_pids, ports=lem.seen_child_ports
     )

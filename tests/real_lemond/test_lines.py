@@ -41,3 +41,18 @@ def test_lines_naming_nothing_and_known_chatter_pass() -> None:
         )
         == []
     )
+
+
+def test_a_known_message_under_a_garbled_prefix_is_not_wording_drift() -> None:
+    # lemond v10.7.0's logger race: another thread's tag, or the timestamp format unexpanded.
+    garbled = (
+        "2026-11-29 13:24:48.951 [Info] (WebSocket) Process started successfully, PID: 4242",
+        "%Y-%m-%d %H:%M:%S.#ms [Info] (log) Model loaded on port 8001",
+    )
+    assert check(*garbled) == []
+    # The same prefixes on a message no rule reads still fail.
+    unknown = "2026-11-29 13:24:48.951 [Info] (WebSocket) Child 4242 went somewhere"
+    assert check(unknown, "%Y-%m-%d %H:%M:%S.#ms [Info] (log) Moved alpha elsewhere") == [
+        unknown,
+        "%Y-%m-%d %H:%M:%S.#ms [Info] (log) Moved alpha elsewhere",
+    ]
