@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import uvloop
 
 __all__ = ["main", "measure", "render"]
 
@@ -75,10 +76,14 @@ def _cases() -> dict[str, Callable[[], object]]:
     from hal0proxy.http.request_head import parse_request_head
     from hal0proxy.http.response_reader import ResponseReader, parse_head
     from hal0proxy.metrics import Metrics
+    from hal0proxy.proxy.context import ProxyContext
+    from hal0proxy.proxy.downstream import ClientConnection
     from hal0proxy.proxy.reader import RequestReader
     from hal0proxy.proxy.settings import ProxySettings
+    from hal0proxy.proxy.upstream import UpstreamConnection, UpstreamPool
     from hal0proxy.proxy.wire import downstream_head, upstream_request
     from hal0proxy.routing.classify import classify
+    from hal0proxy.routing.contract import StaticRouter
 
     settings = ProxySettings()
 
@@ -126,6 +131,39 @@ def _cases() -> dict[str, Callable[[], object]]:
     def length_feed() -> object:
         return LengthScanner(len(FAST_JSON)).feed(FAST_JSON)
 
+    def relay(request: bytes, *responses: bytes) -> tuple[ClientConnection, UpstreamConnection]:
+        """A client connection and a pooled child connection over null transports, on an event
+        loop that never runs (the relay's fast path needs no task and schedules no timer), that
+        has taken ``request`` and been answered ``responses`` by the child."""
+        loop = uvloop.new_event_loop()
+        ctx = ProxyContext(router=StaticRouter({"fast": 9}), pool=UpstreamPool(), observe=Metrics().observe_request)
+        conn = ClientConnection(ctx, loop=loop)
+        conn.connection_made(_NullTransport())  # type: ignore[arg-type]
+        child = UpstreamConnection(ctx.pool, 9)
+        child.connection_made(_NullTransport())  # type: ignore[arg-type]
+        ctx.pool.release(child)
+        conn.data_received(request)
+        for response in responses:
+            child.data_received(response)
+        return conn, child
+
+    json_answer = FASTCHILD_HEAD + b"\r\n\r\n" + FAST_JSON
+
+    def whole_request(request: bytes) -> Callable[[], object]:
+        conn, child = relay(request, json_answer)
+        assert conn.exchange is None, "the relay did not complete the request"
+
+        def run() -> object:
+            conn.data_received(request)
+            return child.data_received(json_answer)
+
+        return run
+
+    def sse_event() -> Callable[[], object]:
+        conn, child = relay(WRK_REQUEST, FASTCHILD_SSE_HEAD + b"\r\n\r\n")
+        assert conn.exchange is not None, "the stream ended"
+        return lambda: child.data_received(SSE_CHUNK)
+
     # Real clients change the Content-Length on every request, and a new client's head is new.
     lengths = itertools.cycle(
         [SDK_REQUEST.replace(b"Content-Length: %d" % len(WRK_BODY), b"Content-Length: %d" % n) for n in range(64)]
@@ -157,7 +195,41 @@ def _cases() -> dict[str, Callable[[], object]]:
         "ChunkedScanner() + feed (one SSE event)": chunked_event,
         "LengthScanner() + feed": length_feed,
         "Metrics.observe_request": lambda: metrics.observe_request("fast", 200, 0.000123, 0.0001),
+        "whole request, client read to response written (wrk)": whole_request(WRK_REQUEST),
+        "whole request, client read to response written (openai SDK)": whole_request(SDK_REQUEST),
+        "one SSE event, child read to client write": sse_event(),
     }
+
+
+class _NullTransport:
+    """A transport that takes every write and does nothing (what the Python side costs, no syscall)."""
+
+    def write(self, data: bytes) -> None:
+        return None
+
+    def writelines(self, pieces: object) -> None:
+        return None
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        return None
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
 
 
 def measure(number: int, repeat: int) -> dict[str, float]:

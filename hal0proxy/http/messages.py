@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hal0proxy.http.request_head import HeadTemplate
 
 
 @dataclass(slots=True)
@@ -16,6 +20,9 @@ class HttpRequest:
     body: bytes = b""
     http_version: bytes = b"1.1"
     peer_host: str | None = None
+    # The parse of a head seen before (shared with every request with that head: its content type, a
+    # memo for what is derived from the head alone); None for a head parsed in full.
+    template: HeadTemplate | None = None
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:

@@ -44,8 +44,43 @@ NEED_MORE: Final = 0
 SLOW: Final = 1
 
 
+class HeadTemplate:
+    """What a repeated head fixes: all of its parse but the Content-Length value.
+
+    Shared by every request with that head, so nothing changes it after it is built but
+    ``memo``: what an upper layer derives from the head alone (the head re-framed for the
+    child), kept per template so a repeated head costs that work once. ``memo`` stays small:
+    its keys are the few combinations of settings the proxy runs with.
+    """
+
+    __slots__ = (
+        "content_type",
+        "fields",
+        "keep_alive",
+        "length_index",
+        "memo",
+        "method",
+        "path",
+        "query",
+        "target",
+    )
+
+    MEMO_MAX: Final = 16
+
+    def __init__(self, head: FastHead, length_index: int) -> None:
+        self.method = head.method
+        self.target = head.target
+        path, _, self.query = head.target.partition(b"?")
+        self.path = path.decode("latin-1")
+        self.fields = tuple(head.headers)
+        self.length_index = length_index  # where Content-Length is among the fields, or -1
+        self.keep_alive = head.keep_alive
+        self.content_type = next((v for k, v in head.headers if k == b"content-type"), b"")
+        self.memo: dict[object, bytes] = {}
+
+
 class FastHead:
-    __slots__ = ("body_start", "content_length", "headers", "keep_alive", "method", "target")
+    __slots__ = ("body_start", "content_length", "headers", "keep_alive", "method", "target", "template")
 
     def __init__(
         self,
@@ -55,6 +90,7 @@ class FastHead:
         content_length: int,
         keep_alive: bool,
         body_start: int,
+        template: HeadTemplate | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -62,6 +98,7 @@ class FastHead:
         self.content_length = content_length
         self.keep_alive = keep_alive
         self.body_start = body_start
+        self.template = template  # set when this head repeats one seen before
 
 
 # A client sends the same head request after request, with only the Content-Length value
@@ -71,9 +108,7 @@ class FastHead:
 # (the value is checked again on every hit). Bounded in entries and in the size of a key.
 _CACHE_MAX_ENTRIES: Final = 256
 _CACHE_MAX_KEY_BYTES: Final = 2048
-# key -> (method, target, headers, index of the Content-Length field or -1, keep_alive)
-_Template = tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], int, bool]
-_templates: dict[bytes, _Template] = {}
+_templates: dict[bytes, HeadTemplate] = {}
 _seen_once: set[bytes] = set()  # keys parsed once, not (yet) kept as templates
 _LENGTH_FIELD = b"\r\ncontent-length:"
 
@@ -99,14 +134,18 @@ def parse_request_head(buf: bytes) -> FastHead | int:
         key = head
     template = _templates.get(key)
     if template is not None:
-        method, target, fields, length_index, keep_alive = template
-        headers = list(fields)
-        if length_index < 0:
-            return FastHead(method, target, headers, 0, keep_alive, end + 4)
+        index = template.length_index
+        if index < 0:
+            return FastHead(
+                template.method, template.target, list(template.fields), 0, template.keep_alive, end + 4, template
+            )
         value = head[start:value_end].strip(b" \t")
         if value.isdigit() and len(value) <= 18:  # what the parse below demands of it
-            headers[length_index] = (b"content-length", value)
-            return FastHead(method, target, headers, int(value), keep_alive, end + 4)
+            headers = list(template.fields)
+            headers[index] = (b"content-length", value)
+            return FastHead(
+                template.method, template.target, headers, int(value), template.keep_alive, end + 4, template
+            )
     parsed = _parse_simple_head(buf, end)
     if isinstance(parsed, FastHead) and len(key) <= _CACHE_MAX_KEY_BYTES:
         if key in _seen_once:
@@ -114,7 +153,7 @@ def parse_request_head(buf: bytes) -> FastHead | int:
                 _templates.clear()
             # the field's index: one CRLF before it per field before it (and the request line's)
             length_index = head.count(b"\r\n", 0, at) if at >= 0 else -1
-            _templates[key] = (parsed.method, parsed.target, tuple(parsed.headers), length_index, parsed.keep_alive)
+            parsed.template = _templates[key] = HeadTemplate(parsed, length_index)
         else:
             # Kept from its second sight on: a client whose heads never repeat (a request id in
             # every head) costs a set insertion per request, not a template built and dropped.

@@ -52,6 +52,9 @@ _FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding", b"c
 
 
 class ResponseHead:
+    """A parsed response head. Shared: the parse of a repeated head is the same object, so
+    nothing may change one after ``parse_head`` built it (its headers are a tuple)."""
+
     __slots__ = ("chunked", "headers", "keep_alive", "raw", "reason", "status", "version")
 
     def __init__(
@@ -59,7 +62,7 @@ class ResponseHead:
         status: int,
         reason: bytes,
         version: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: tuple[tuple[bytes, bytes], ...],
         keep_alive: bool,
         chunked: bool,
         raw: bytes = b"",
@@ -78,15 +81,15 @@ class ResponseHead:
 
 # A child answers with the same head bytes request after request (llama-server's heads differ
 # only in Content-Length, and not even that for equal answers): the parse of a byte-identical
-# head is reused. Parsing is a pure function of the bytes, and only heads that passed every
-# check are kept, so a hit returns exactly what a fresh parse would. Bounded in entries and in
-# the size of a head, so a child sending ever-new heads costs a clear now and then, not memory.
+# head is reused, the very ``ResponseHead`` object (immutable) with a fresh scanner. Parsing is a
+# pure function of the bytes, and only heads that passed every check are kept, so a hit returns
+# exactly what a fresh parse would. Bounded in entries and in the size of a head, so a child
+# sending ever-new heads costs a clear now and then, not memory.
 _CACHE_MAX_ENTRIES: Final = 256
 _CACHE_MAX_HEAD_BYTES: Final = 1024
-# head -> (status, reason, version, headers, keep_alive, chunked, framing); framing is the
-# Content-Length to scan, -1 for chunked, -2 for a body delimited by the close.
-_Parsed = tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...], bool, bool, int]
-_parsed_heads: dict[bytes, _Parsed] = {}
+# head -> (its parse, framing); framing is the Content-Length to scan, -1 for chunked, -2 for a
+# body delimited by the close.
+_parsed_heads: dict[bytes, tuple[ResponseHead, int]] = {}
 _CHUNKED: Final = -1
 _UNTIL_CLOSE: Final = -2
 
@@ -108,26 +111,12 @@ def parse_head(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodySca
                 framing = scanner.remaining
             else:
                 framing = _CHUNKED if isinstance(scanner, ChunkedScanner) else _UNTIL_CLOSE
-            _parsed_heads[head] = (
-                parsed.status,
-                parsed.reason,
-                parsed.version,
-                tuple(parsed.headers),
-                parsed.keep_alive,
-                parsed.chunked,
-                framing,
-            )
+            _parsed_heads[head] = (parsed, framing)
         return parsed, scanner
-    status, reason, version, headers, keep_alive, chunked, framing = hit
-    fresh: BodyScanner
+    parsed, framing = hit
     if framing >= 0:
-        fresh = LengthScanner(framing)
-    elif framing == _CHUNKED:
-        fresh = ChunkedScanner()
-    else:
-        fresh = UntilCloseScanner()
-    # a new list each time: a caller may keep or change its head's headers
-    return ResponseHead(status, reason, version, list(headers), keep_alive, chunked, head), fresh
+        return parsed, LengthScanner(framing)
+    return parsed, ChunkedScanner() if framing == _CHUNKED else UntilCloseScanner()
 
 
 def parse_head_uncached(head: bytes, method_is_head: bool) -> tuple[ResponseHead, BodyScanner]:
@@ -194,7 +183,7 @@ def parse_head_uncached(head: bytes, method_is_head: bool) -> tuple[ResponseHead
     else:
         scanner = UntilCloseScanner()
         keep_alive = False
-    return ResponseHead(status, reason, version, headers, keep_alive, chunked, head), scanner
+    return ResponseHead(status, reason, version, tuple(headers), keep_alive, chunked, head), scanner
 
 
 def _explain_field_section(lines: list[bytes]) -> None:
@@ -215,9 +204,9 @@ def _explain_field_section(lines: list[bytes]) -> None:
 class ResponseReader:
     """Bytes in until the final response head; then the head, its scanner and the rest.
 
-    One reader per request sent on a connection. ``feed`` returns ``None`` until the final
-    head is complete; then ``(head, scanner, rest)`` where ``rest`` is the bytes after the
-    head in the last read (body bytes, untouched).
+    One reader per connection, told by ``expect`` of each request sent. ``feed`` returns
+    ``None`` until the final head is complete; then ``(head, scanner, rest)`` where ``rest`` is
+    the bytes after the head in the last read (body bytes, untouched).
     """
 
     __slots__ = ("_interim", "_max_head", "_method_is_head", "_pieces", "_size", "_tail")
@@ -231,6 +220,14 @@ class ResponseReader:
         self._size = 0
         self._tail = b""  # the last bytes already read, for a terminator split across reads
         self._interim = 0
+
+    def expect(self, method_is_head: bool) -> None:
+        """Start reading the response to the next request sent on the same connection."""
+        self._method_is_head = method_is_head
+        if self._pieces or self._interim:  # (a reader that returned a head has nothing kept)
+            self._pieces = []
+            self._size = 0
+            self._interim = 0
 
     @property
     def started(self) -> bool:

@@ -135,7 +135,9 @@ class Exchange:
         try:
             if ctx.settings.api_keys:
                 check_api_key(req, ctx.settings.api_keys)
-            classified = classify(req.path, req.query, req.header(b"content-type") or b"", req.body)
+            template = req.template
+            content_type = template.content_type if template is not None else req.header(b"content-type") or b""
+            classified = classify(req.path, req.query, content_type, req.body)
             lease = ctx.router.acquire_now(classified)
         except ProxyError as err:
             self._answer_error(err)

@@ -156,6 +156,12 @@ class RequestReader:
                 body = self._buf[parsed.body_start : end] if parsed.content_length else b""
                 self._buf = self._buf[end:]
                 self.keep_alive = parsed.keep_alive
+                template = parsed.template
+                if template is not None:  # a repeated head: its path is already decoded
+                    return HttpRequest(
+                        template.method, template.target, template.path, template.query, parsed.headers, body,
+                        b"1.1", self.peer_host, template,
+                    )  # fmt: skip
                 return self._request(parsed.method, parsed.target, parsed.headers, b"1.1", body)
             head = self._head = parsed
             first = self._buf[parsed.body_start :]
@@ -170,7 +176,9 @@ class RequestReader:
         self._head = None
         body, self._buf = joined[: head.content_length], joined[head.content_length :]
         self.keep_alive = head.keep_alive
-        return self._request(head.method, head.target, head.headers, b"1.1", body)
+        req = self._request(head.method, head.target, head.headers, b"1.1", body)
+        req.template = head.template
+        return req
 
     def _start_h11(self) -> HttpRequest | None:
         buf = self._buf

@@ -70,7 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.scanner: BodyScanner | None = None
-        self._reader: ResponseReader | None = None
+        self._reader = ResponseReader(False)  # reads the head of each response in turn
         self._plain = False  # de-chunk this response's body (the client speaks HTTP/1.0)
         self.keep_alive = True
         self.closed = False
@@ -82,7 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.exchange = exchange
         self.scanner = None
-        self._reader = ResponseReader(method_is_head)
+        self._reader.expect(method_is_head)
         self.requests += 1
         self.transport.write(data)
 
@@ -116,17 +116,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         scanner = self.scanner
         if scanner is None:
-            reader = self._reader
-            assert reader is not None
             try:
-                complete = reader.feed(data)
+                complete = self._reader.feed(data)
             except BadResponse as problem:
                 self._reject(problem)
                 return
             if complete is None:
                 return
             head, scanner, rest = complete
-            self._reader = None
             self._plain = head.chunked and exchange.wants_plain_body()
             if self._plain:
                 # An HTTP/1.0 client cannot read chunked coding: relay the chunk data only, as a
@@ -182,7 +179,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.exchange = None
         scanner = self.scanner
-        if scanner is None and (self._reader is None or not self._reader.started):
+        if scanner is None and not self._reader.started:
             exchange.on_failed_before_response(self.requests > 1)
         elif isinstance(scanner, UntilCloseScanner):
             exchange.on_end()

@@ -47,17 +47,37 @@ def upstream_request(req: HttpRequest, target: bytes, settings: ProxySettings) -
     never sees the client's framing, so nothing the client sent can desynchronise it.
     """
     drop = _DROP_BY_POLICY[(settings.forward_conversation_id, bool(settings.api_keys))]
-    data, connection = _build_request(req, target, drop)
+    template = req.template
+    if template is None:
+        head = _upstream_head(req, target, drop)
+    else:
+        # A repeated head re-frames the same way every time (Content-Length is dropped and
+        # written anew): the head up to that field is built once per target and policy.
+        key = (target, drop)
+        found = template.memo.get(key)
+        if found is None:
+            found = _upstream_head(req, target, drop)
+            if len(template.memo) >= template.MEMO_MAX:
+                template.memo.clear()
+            template.memo[key] = found
+        head = found
+    body = req.body
+    return b"%bcontent-length: %d\r\n\r\n%b" % (head, len(body), body)
+
+
+def _upstream_head(req: HttpRequest, target: bytes, drop: frozenset[bytes]) -> bytes:
+    """The request line and fields for the child, up to (without) its Content-Length field."""
+    head, connection = _build_head(req, target, drop)
     if connection:
         named = connection_tokens(req.headers)
         if not named <= drop:
             # The Connection field names more hop-by-hop fields (rare): build again without them.
-            data, _ = _build_request(req, target, drop | named)
-    return data
+            head, _ = _build_head(req, target, drop | named)
+    return head
 
 
-def _build_request(req: HttpRequest, target: bytes, drop: frozenset[bytes]) -> tuple[bytes, bool]:
-    """The request bytes without the fields in ``drop``; and whether a Connection field was seen."""
+def _build_head(req: HttpRequest, target: bytes, drop: frozenset[bytes]) -> tuple[bytes, bool]:
+    """The head without the fields in ``drop``; and whether a Connection field was seen."""
     parts = [req.method, b" ", target, b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"]
     connection = False
     for name, value in req.headers:
@@ -65,8 +85,6 @@ def _build_request(req: HttpRequest, target: bytes, drop: frozenset[bytes]) -> t
             parts += (name, b": ", value, b"\r\n")  # one join at the end, no concatenation per field
         elif name == b"connection":
             connection = True
-    parts.append(b"content-length: %d\r\n\r\n" % len(req.body))
-    parts.append(req.body)
     return b"".join(parts), connection
 
 

@@ -10,6 +10,7 @@ from hal0proxy.http.headers import HOP_BY_HOP, connection_tokens
 from hal0proxy.http.messages import HttpRequest
 from hal0proxy.http.response_reader import ResponseHead, parse_head
 from hal0proxy.proxy import wire
+from hal0proxy.proxy.reader import RequestReader
 from hal0proxy.proxy.settings import ProxySettings
 from hal0proxy.proxy.wire import downstream_head, upstream_request
 
@@ -59,6 +60,36 @@ def test_upstream_request_matches_a_field_by_field_build(
     req = HttpRequest(b"POST", b"/v1/x", "/v1/x", b"", headers, body)
     settings_ = ProxySettings(forward_conversation_id=forward, api_keys=("k",) if keys else ())
     assert upstream_request(req, b"/v1/y?q=1", settings_) == _plain_upstream(req, b"/v1/y?q=1", settings_)
+
+
+_SIMPLE_NAMES = _NAMES.filter(lambda name: name not in (b"host", b"content-length", b"expect"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    headers=st.lists(st.tuples(_SIMPLE_NAMES, _VALUES), max_size=8),
+    bodies=st.lists(st.binary(max_size=40), min_size=2, max_size=4),
+    forward=st.booleans(),
+    keys=st.booleans(),
+    target=st.sampled_from([b"/v1/y?q=1", b"/v1/x"]),
+)
+def test_a_repeated_head_is_reframed_like_a_fresh_one(
+    headers: list[tuple[bytes, bytes]], bodies: list[bytes], forward: bool, keys: bool, target: bytes
+) -> None:
+    """The head memo of a repeated head (``HeadTemplate.memo``) gives the bytes a full build gives."""
+    settings_ = ProxySettings(forward_conversation_id=forward, api_keys=("k",) if keys else ())
+    fields = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    for body in bodies:  # the same head but for its Content-Length: a template from the second on
+        reader = RequestReader(65536, 1 << 20, None)
+        reader.feed(b"POST /v1/x HTTP/1.1\r\nHost: h\r\n%bContent-Length: %d\r\n\r\n%b" % (fields, len(body), body))
+        req = reader.next_request()
+        assert req is not None and req.body == body
+        for _ in range(2):  # the second call is answered from the memo
+            assert upstream_request(req, target, settings_) == _plain_upstream(req, target, settings_)
+    assert req.template is not None
+    # what classification reads of a repeated head comes from its template
+    assert req.template.content_type == (req.header(b"content-type") or b"")
+    assert (req.template.path, req.template.query) == (req.path, req.query)
 
 
 def test_upstream_request_without_end_to_end_fields() -> None:
