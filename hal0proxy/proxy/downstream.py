@@ -407,11 +407,23 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self._buffered = 0
-        self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
         flow = self._flow
-        if self._reader.idle and not flow.read_paused and not flow.write_paused:
-            return  # nothing pipelined and nothing held (the usual case): the next read starts the next request
-        self._process_events()  # takes the next request, and resumes reading if it was held
+        if self._reader.idle:
+            self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
+            if not flow.read_paused and not flow.write_paused:
+                return  # nothing pipelined and nothing held (the usual case): the next read starts the next request
+            self._process_events()  # resumes reading if it was held
+            return
+        # Bytes of the next request arrived while this one was answered: take it now; if it is
+        # still incomplete, its 408 clock starts now (it was not being read before).
+        self._reading_request = True
+        self._process_events()
+        if self._req is None and not self._closed:
+            if self._reader.idle:  # only blank lines were pipelined: an idle connection after all
+                self._reading_request = False
+                self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
+            else:
+                self._timer.arm(self._ctx.settings.request_timeout_s, REQUEST)
 
     # ------------------------------------------------------------------ the one timer
     def _on_expired(self, kind: int) -> None:

@@ -12,6 +12,7 @@ from hal0proxy.http.response_reader import ResponseHead
 from hal0proxy.proxy.settings import ProxySettings
 
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_FRAMING = frozenset({b"content-length"})
 
 
 def check_api_key(req: HttpRequest, keys: tuple[str, ...]) -> None:
@@ -98,8 +99,9 @@ _DOWNSTREAM_CACHE_MAX_HEAD_BYTES: Final = 1024  # what is kept stays small whate
 def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
     """``(head bytes, is SSE, keep-alive)`` for relaying ``head`` to the client.
 
-    The child's framing is kept (its body bytes are relayed verbatim); hop-by-hop headers
-    are dropped; SSE gets ``X-Accel-Buffering: no``; a close-delimited body forces a close.
+    The child's framing is kept (its body bytes are relayed verbatim); hop-by-hop headers,
+    and the fields its Connection header names, are dropped; SSE gets ``X-Accel-Buffering:
+    no``; a close-delimited body forces a close.
     """
     raw = head.raw
     if not raw or len(raw) > _DOWNSTREAM_CACHE_MAX_HEAD_BYTES:
@@ -117,8 +119,11 @@ def downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool)
 def _downstream_head(head: ResponseHead, keep_alive: bool, is_head_request: bool) -> tuple[bytes, bool, bool]:
     parts = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason or reason_phrase(head.status))]
     sse = has_accel = has_length = False
+    # Fields the child's Connection header names are hop-by-hop too (RFC 9110 §7.6.1); its
+    # framing is not: the body is relayed as the child framed it, so Content-Length stays.
+    named = connection_tokens(head.headers) - _FRAMING
     for name, value in head.headers:
-        if name in HOP_BY_HOP:
+        if name in HOP_BY_HOP or name in named:
             continue
         if name == b"content-type":
             sse = value.startswith(b"text/event-stream")

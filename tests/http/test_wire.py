@@ -107,6 +107,7 @@ HEADS = [
     b"HTTP/1.0 200 OK\r\nContent-Type: text/plain",
     b"HTTP/1.1 204 No Content",
     b"HTTP/1.1 503\r\nContent-Length: 0",
+    b"HTTP/1.1 200 OK\r\nConnection: x-trace, Content-Length\r\nX-Trace: 1\r\nContent-Length: 2",
 ]
 
 
@@ -134,6 +135,13 @@ def test_downstream_head_shape() -> None:
     head, _ = parse_head(HEADS[4], False)
     data, sse, keep_alive = downstream_head(head, True, False)
     assert data.endswith(b"connection: close\r\n\r\n") and not keep_alive and not sse
+
+
+def test_fields_the_childs_connection_header_names_are_not_relayed() -> None:
+    """RFC 9110 §7.6.1: they are hop-by-hop; the framing field stays (the body is relayed as framed)."""
+    head, _ = parse_head(HEADS[-1], False)
+    data, _, keep_alive = downstream_head(head, True, False)
+    assert data == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n" and keep_alive
 
 
 def test_downstream_cache_is_bounded() -> None:

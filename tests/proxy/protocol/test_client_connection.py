@@ -67,6 +67,30 @@ def test_request_timeout_does_not_hit_a_request_being_answered() -> None:
     assert _status(h.client.take()) == 200
 
 
+def test_an_incomplete_request_pipelined_behind_a_forwarded_one_gets_408() -> None:
+    """Its clock starts when the answer before it is complete; the connection is not idle."""
+    h = Harness(request_timeout_s=30.0, keepalive_timeout_s=75.0)
+    h.send(chat_request() + b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{")
+    h.upstream.data_received(JSON_RESPONSE)
+    assert _status(h.client.take()) == 200 and h.conn.busy
+    h.loop.advance(29.9)
+    assert h.client.buffer == b"" and not h.client.closing
+    h.loop.advance(0.2)
+    out = h.client.take()
+    assert _status(out) == 408 and _error_code(out) == "request.timeout" and h.client.closing
+
+
+def test_blank_lines_pipelined_behind_a_request_leave_the_connection_idle() -> None:
+    h = Harness(request_timeout_s=30.0, keepalive_timeout_s=75.0)
+    h.send(chat_request() + b"\r\n")
+    h.upstream.data_received(JSON_RESPONSE)
+    assert _status(h.client.take()) == 200 and not h.conn.busy
+    h.loop.advance(74.0)
+    assert not h.client.closing
+    h.loop.advance(2.0)
+    assert h.client.closing and h.client.buffer == b""  # the silent keep-alive close, no 408
+
+
 # -- keep-alive ------------------------------------------------------------------------------
 
 
