@@ -23,12 +23,11 @@ from time import perf_counter
 from typing import Any, cast
 
 from hal0proxy.http.errors import ProxyError, error_response
-from hal0proxy.http.framing import LAST_CHUNK, encode_chunk
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.exchange import Exchange
 from hal0proxy.proxy.flow import FlowControl
-from hal0proxy.proxy.local import models_answer, refusal, stream_head
+from hal0proxy.proxy.local import models_answer, refusal, relay_local_stream
 from hal0proxy.proxy.reader import ConnectionClosed, RequestReader
 from hal0proxy.proxy.timer import IDLE, REQUEST, ConnectionTimer
 
@@ -40,8 +39,6 @@ _UNCOUNTED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # /v1/models costs ~30 µs: 32 of them keep one turn near 1 ms (a 20,000-request burst answered
 # in one go stalled every other client for ~0.5 s).
 _BURST_REQUESTS = 32
-# What an events subscriber receives when shutdown ends it.
-_FINAL_LOCAL_EVENT = b'event: shutdown\ndata: {"type":"shutdown","reason":"the proxy is shutting down"}\n\n'
 
 
 class ClientConnection(asyncio.Protocol):
@@ -336,41 +333,34 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(response, FullResponse):
             self._status = int(response.data[9:12])
             self.write(response.data)
-            self._response_done()
-            return
-        await self._stream_local(response)
+        else:
+            await self._stream_local(response)
+            if self._closed:
+                return
+        self._response_done()
 
     async def _stream_local(self, response: StreamResponse) -> None:
         self._status = response.status
-        req = self._req
-        plain = req is not None and req.http_version == b"1.0"
+        plain = self._req is not None and self._req.http_version == b"1.0"
         if plain:
             self._keep_alive = False
-        self.write(stream_head(response, plain))
         self._local_stream = True
-        finished = False
         try:
-            async for piece in response.body:
-                if self._closed or self._ending:
-                    break
-                self.write(piece if plain else encode_chunk(piece))
-                await self._flow.drain()
-            else:
-                finished = True
-                if not plain:
-                    self.write(LAST_CHUNK)
-        except asyncio.CancelledError:
-            if not self._ending:
-                raise
+            await relay_local_stream(response, self, plain)
         finally:
             self._local_stream = False
-            if response.on_close is not None:
-                response.on_close()
-        if self._ending and not finished and not self._closed:
-            # Shutdown ends the subscription: a final event, then a proper end of the body.
-            self.write(_FINAL_LOCAL_EVENT if plain else encode_chunk(_FINAL_LOCAL_EVENT) + LAST_CHUNK)
-        if not self._closed:
-            self._response_done()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def ending(self) -> bool:
+        """Shutdown is ending this connection (a local event stream ends with a final event)."""
+        return self._ending
+
+    async def drain(self) -> None:
+        await self._flow.drain()
 
     # ------------------------------------------------------------------ what an exchange reports
     def write(self, data: bytes) -> None:
@@ -412,18 +402,17 @@ class ClientConnection(asyncio.Protocol):
             self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
             if not flow.read_paused and not flow.write_paused:
                 return  # nothing pipelined and nothing held (the usual case): the next read starts the next request
-            self._process_events()  # resumes reading if it was held
-            return
-        # Bytes of the next request arrived while this one was answered: take it now; if it is
-        # still incomplete, its 408 clock starts now (it was not being read before).
-        self._reading_request = True
-        self._process_events()
-        if self._req is None and not self._closed:
-            if self._reader.idle:  # only blank lines were pipelined: an idle connection after all
-                self._reading_request = False
-                self._timer.arm(self._ctx.settings.keepalive_timeout_s, IDLE)
+        else:
+            self._reading_request = True  # bytes of the next request came while this one was answered
+        self._process_events()  # takes the next request, and resumes reading if it was held
+        if self._reading_request and self._req is None and not self._closed:
+            # Still incomplete: its 408 clock starts now (it was not read before); blank lines only: idle.
+            self._reading_request = not self._reader.idle
+            settings = self._ctx.settings
+            if self._reading_request:
+                self._timer.arm(settings.request_timeout_s, REQUEST)
             else:
-                self._timer.arm(self._ctx.settings.request_timeout_s, REQUEST)
+                self._timer.arm(settings.keepalive_timeout_s, IDLE)
 
     # ------------------------------------------------------------------ the one timer
     def _on_expired(self, kind: int) -> None:
