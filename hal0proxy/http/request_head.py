@@ -122,9 +122,16 @@ def parse_request_head(buf: bytes) -> FastHead | int:
             raise BadRequest("request head lines must end with CRLF, not a bare LF")
         return NEED_MORE
     head = buf[: end + 4]
-    # The first Content-Length field's value (between its colon and the CRLF) is cut out of the
-    # key: the key then fixes every other byte of the head, that field's position included.
-    at = head.lower().find(_LENGTH_FIELD)
+    # The Content-Length field's value (between its colon and the CRLF) is cut out of the key:
+    # the key then fixes every other byte of the head, that field's position included. The two
+    # spellings clients use are searched for as they are (lower-casing the head would copy it);
+    # a head with two such fields, however spelled, is never kept, so for a kept head the field
+    # found is its only one, and equal keys cut the same place.
+    at = head.find(b"\r\nContent-Length:")
+    if at < 0:
+        at = head.find(_LENGTH_FIELD)
+        if at < 0:
+            at = head.lower().find(_LENGTH_FIELD)
     start = value_end = 0
     if at >= 0:
         start = at + len(_LENGTH_FIELD)

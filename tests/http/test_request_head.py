@@ -247,3 +247,18 @@ def test_the_template_table_is_bounded() -> None:
     long_head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: " + b"v" * 5000 + b"\r\n\r\n"
     assert isinstance(parse_request_head(long_head), FastHead)
     assert all(len(key) <= request_head._CACHE_MAX_KEY_BYTES for key in request_head._templates)
+
+
+_SPELLINGS = [b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Content-length"]
+
+
+@pytest.mark.parametrize("first", _SPELLINGS)
+@pytest.mark.parametrize("second", [None, *_SPELLINGS])
+def test_every_spelling_and_a_repeated_length_field_parse_like_the_oracle(first: bytes, second: bytes | None) -> None:
+    """The template key cuts the length value wherever its field is, however it is spelled; a
+    head with two length fields (any spellings, either order) is never answered from a template."""
+    for value, other in [(b"5", b"5"), (b"17", b"5"), (b"5", b"17"), (b"5", b"5"), (b"123", b"123")]:
+        repeat = b"" if second is None else second + b": " + other + b"\r\n"
+        raw = b"POST /v1/x HTTP/1.1\r\nHost: a\r\n" + first + b": " + value + b"\r\n" + repeat + b"\r\nhello"
+        for _ in range(3):
+            assert _answer(raw) == _expected(raw)
