@@ -104,8 +104,7 @@ def running() -> Iterator[tuple[EmulatorProcess, ProxyProcess]]:
     strict=True,
     reason=(
         "the log correlator lets a load request for another model take over the spawn in "
-        "progress (hal0proxy/lemond/correlate.py, LoadRequested), and a PortChanged clears "
-        "the slot's PID (hal0proxy/control/registry.py)"
+        "progress (hal0proxy/lemond/correlate.py, LoadRequested)"
     ),
 )
 def test_a_load_requested_while_another_model_spawns_gets_its_own_port_and_pid(
