@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 
 from hal0proxy.api import ui
-from hal0proxy.control.controller import Controller, LoadFailure
-from hal0proxy.control.registry import Slot
+from hal0proxy.control.controller import Controller, LoadFailure, Slot
 from hal0proxy.http.errors import ProxyError, json_response, simple_response
 from hal0proxy.http.messages import FullResponse, HttpRequest, LocalResponse, StreamResponse
 from hal0proxy.lemond.errors import LemondError, ModelNotFound
@@ -54,7 +53,7 @@ class AdminApi:
             content_type, body = self.metrics()
             return FullResponse(simple_response(200, body, content_type=content_type))
         if path == "/api/slots" and get:
-            return _json(200, [slot_json(s, self.controller) for s in self.controller.registry.all()])
+            return _json(200, [slot_json(s, self.controller) for s in self.controller.slots()])
         if path.startswith("/api/slots/"):
             return await self._slot_route(req, path[len("/api/slots/") :].split("/"))
         if path == "/api/v1/adapter/events" and get:
@@ -96,7 +95,7 @@ class AdminApi:
         return _json(200, slot_json(slot, self.controller))
 
     def _slot(self, name: str) -> Slot:
-        slot = self.controller.registry.get(name)
+        slot = self.controller.slot(name)
         if slot is None:
             raise ProxyError(404, "slot.not_found", f"no slot named {name!r}", {"name": name})
         return slot
@@ -113,9 +112,8 @@ class AdminApi:
             raise ProxyError(403, "auth.forbidden", "the admin token is not valid")
 
     def _events(self) -> StreamResponse:
-        journal = self.controller.journal
-        sub = journal.subscribe()
-        snapshot = [slot_json(s, self.controller) for s in self.controller.registry.all()]
+        sub = self.controller.subscribe_events()
+        snapshot = [slot_json(s, self.controller) for s in self.controller.slots()]
         keepalive = self.keepalive_s
 
         async def frames() -> AsyncIterator[bytes]:

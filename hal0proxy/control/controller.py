@@ -26,7 +26,7 @@ from typing import Any
 from hal0proxy.config import Config
 from hal0proxy.control.attribution import UnloadLedger, eviction_source
 from hal0proxy.control.catalog import Catalog
-from hal0proxy.control.journal import Journal, event_fields
+from hal0proxy.control.journal import Journal, Subscription, event_fields
 from hal0proxy.control.loading import Loading
 from hal0proxy.control.pins import InFlightPins
 from hal0proxy.control.recovery import LoadFailure, Recovery
@@ -234,6 +234,20 @@ class Controller:
             subscribers_dropped=self.journal.dropped_subscribers,
             slots=tuple(SlotSnapshot(s.name, s.status.state, s.status.in_flight) for s in self.registry.all()),
         )
+
+    # ------------------------------------------------------------------ read surface (admin API)
+    def slots(self) -> list[Slot]:
+        """Every slot the proxy knows (configured, adopted, on demand), in the order it learnt them."""
+        return self.registry.all()
+
+    def slot(self, name: str) -> Slot | None:
+        """The slot named ``name``, or ``None`` when there is none."""
+        return self.registry.get(name)
+
+    def subscribe_events(self) -> Subscription:
+        """Slot and lemond events from now on; ``close()`` it when done. A subscriber that
+        falls too far behind is dropped and receives ``None``, never waited for."""
+        return self.journal.subscribe()
 
     def serving_port(self, slot: Slot) -> int | None:
         """The port of the child serving ``slot``'s model, while lemond reports it alive."""
