@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hal0proxy.config import SlotConfig
 from hal0proxy.control.registry import SlotRegistry
-from hal0proxy.lemond.events import LoadedModel, ModelEvicted, ModelLoaded, Resynced
+from hal0proxy.lemond.events import LoadedModel, ModelEvicted, ModelLoaded, PortChanged, Resynced
 from hal0proxy.slots.state import SlotState
 
 
@@ -47,3 +47,17 @@ def test_unknown_loaded_models_are_adopted_and_evictions_go_offline() -> None:
     reg.apply_event(ModelEvicted(model="X", observed_at=2.0))
     assert adopted.status.state is SlotState.OFFLINE
     assert "evicted" in adopted.status.message
+
+
+def test_a_port_change_keeps_the_pid_of_the_child_just_loaded_there() -> None:
+    reg, _ = registry()
+    reg.apply_event(ModelLoaded(model="A", port=8001, pid=1, seq=10, observed_at=5.0))
+    # A respawn on another port: the new child's ModelLoaded, then the PortChanged that
+    # follows it (which names no PID).
+    reg.apply_event(ModelLoaded(model="A", port=8003, pid=7, seq=20, observed_at=6.0))
+    reg.apply_event(PortChanged(model="A", old_port=8001, new_port=8003, seq=20, observed_at=6.0))
+    primary = reg.get("primary")
+    assert primary is not None and (primary.status.port, primary.status.pid) == (8003, 7)
+    # A port change on its own (no child seen on the new port) cannot vouch for the old PID.
+    reg.apply_event(PortChanged(model="A", old_port=8003, new_port=8004, seq=30, observed_at=7.0))
+    assert (primary.status.port, primary.status.pid) == (8004, None)

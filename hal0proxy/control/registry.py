@@ -140,7 +140,11 @@ class SlotRegistry:
             self._ensure_adopted(event.model)
             self.signal_model(event.model, ChildUp(event.port, event.pid), now)
         elif isinstance(event, PortChanged):
-            self.signal_model(event.model, ChildUp(event.new_port, None), now)
+            # Published right after the ModelLoaded of the child on ``new_port``, and it names
+            # no PID: a slot already on that port keeps the PID ModelLoaded gave it.
+            for slot in self.for_model(event.model):
+                pid = slot.status.pid if slot.status.port == event.new_port else None
+                self.signal(slot, ChildUp(event.new_port, pid), now)
         elif isinstance(event, LoadStarted):
             self.signal_model(event.model, LoadBegan(), now)
         elif isinstance(event, ModelEvicted):

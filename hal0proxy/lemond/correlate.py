@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 lemond serializes loads (``router.cpp:794-801``), so at most one spawn is in progress and
 every spawn-related line (PID, port, readiness, failure) belongs to it. The correlator
-keeps that as the *current load*: opened by ``LoadRequested``/``SpawnStarted``, given a
+keeps that as the *current load*: opened by ``LoadRequested`` (unless another model's spawn is
+already under way: that request waits for it), ``LoadResolved`` or ``SpawnStarted``, given a
 PID by ``ProcessStarted`` and a port by ``PortAnnounced``, and closed by success, a final
 failure, or the next load.
 
@@ -203,7 +204,16 @@ class Correlator:
                 self.reset()
                 emit(LemondRestarted())
             # -- loading ----------------------------------------------------------------
-            case LoadRequested(model=model) | LoadResolved(model=model):
+            case LoadRequested(model=model):
+                # lemond prints a load request when it arrives, before the request waits for
+                # the spawn in progress (server.cpp, ahead of router.cpp's wait on
+                # is_loading_): a request for another model must not take over that spawn's
+                # PID and port lines. Its own load opens at its Router or spawn line, which
+                # lemond prints only once the spawn in progress has ended.
+                load = self._load
+                if load is None or load.model == model or not load.started_emitted:
+                    self._open_load(model)
+            case LoadResolved(model=model):
                 self._open_load(model)
             case SpawnStarted(model=model):
                 load = self._open_load(model)

@@ -100,13 +100,6 @@ def running() -> Iterator[tuple[EmulatorProcess, ProxyProcess]]:
         emulator.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the log correlator lets a load request for another model take over the spawn in "
-        "progress (hal0proxy/lemond/correlate.py, LoadRequested)"
-    ),
-)
 def test_a_load_requested_while_another_model_spawns_gets_its_own_port_and_pid(
     running: tuple[EmulatorProcess, ProxyProcess],
 ) -> None:
@@ -144,13 +137,6 @@ def test_a_load_requested_while_another_model_spawns_gets_its_own_port_and_pid(
         tap.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a PortChanged names no PID and the slot registry maps it to a child without one "
-        "(hal0proxy/control/registry.py), clearing the PID ModelLoaded had just set"
-    ),
-)
 def test_a_child_respawned_on_another_port_keeps_its_pid(running: tuple[EmulatorProcess, ProxyProcess]) -> None:
     emulator, proxy = running
     assert emulator.post("/v1/load", {"model_name": FIRST})[0] == 200

@@ -606,3 +606,38 @@ I (WrappedServer) llama-server is ready!
 I (Router) Model loaded successfully. Total loaded: 1
 """)
     assert events(corr, stray) == []
+
+
+# Two concurrent /v1/load calls at log_level=info: lemond logs the second request when it
+# arrives, while the first model's child starts; the second spawn waits for the first.
+CONCURRENT_LOADS = log(f"""
+I (Server) Ensuring model loaded: {Q06}
+I (LlamaCpp) Loading model: {Q06}
+I (LlamaCpp) Using LlamaCpp Backend: vulkan
+I (LlamaCpp) Starting llama-server...
+I (Server) Ensuring model loaded: {NOMIC}
+I (ProcessManager) Process started successfully, PID: 48213
+I (Process) main: server is listening on http://127.0.0.1:8001 - starting the main loop
+I (WrappedServer) llama-server is ready!
+I (BackendWatchdog) Started watchdog for llama-server using http://127.0.0.1:8001/health (streaming=on, non_streaming=on)
+I (Router) Model loaded successfully. Total loaded: 1
+I (LlamaCpp) Loading model: {NOMIC}
+I (LlamaCpp) Using LlamaCpp Backend: vulkan
+I (LlamaCpp) Starting llama-server...
+I (ProcessManager) Process started successfully, PID: 48220
+I (Process) main: server is listening on http://127.0.0.1:8002 - starting the main loop
+I (WrappedServer) llama-server is ready!
+I (Router) Model loaded successfully. Total loaded: 2
+""")
+
+
+def test_a_load_requested_during_another_spawn_does_not_take_its_child() -> None:
+    corr = Correlator()
+    assert events(corr, CONCURRENT_LOADS) == [
+        LoadStarted(model=Q06),
+        ModelLoaded(model=Q06, port=8001, pid=48213),
+        LoadStarted(model=NOMIC),
+        ModelLoaded(model=NOMIC, port=8002, pid=48220),
+    ]
+    assert corr.resident() == {Q06: Residency(8001, 48213), NOMIC: Residency(8002, 48220)}
+    assert not corr.take_resync_hint()
