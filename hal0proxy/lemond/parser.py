@@ -191,6 +191,11 @@ RULES: tuple[Rule, ...] = (
     Rule(_CHILD, "server is listening on http",
          _r(r".*?\bserver is listening on https?://" + _HOST + ":" + _NUM + r"\b"),
          lambda m, t: PortAnnounced(int(m.group(1)), serving=True, server="llama-server")),
+    # Newer llama-server builds say it as "srv  llama_server: listening on http://H:P", also
+    # once the model is in memory ("llama_server: model loaded" comes just before).
+    Rule(_CHILD, ": listening on http",
+         _r(r".*?\bllama_server: listening on https?://" + _HOST + ":" + _NUM + r"\b"),
+         lambda m, t: PortAnnounced(int(m.group(1)), serving=True, server="llama-server")),
     Rule(_CHILD, "HTTP server is listening, hostname: ",
          _r(r".*?HTTP server is listening, hostname: \S+, port: " + _NUM + r"\b"),
          lambda m, t: PortAnnounced(int(m.group(1)), server="llama-server")),

@@ -265,6 +265,10 @@ EXTRA_CASES: list[Case] = [
      F.PortAnnounced(port=8003, serving=True, server="llama-server")),
     (f"{_TS} [Info] (Process) main: server is listening on http://[::1]:8004 - starting the main loop",
      F.PortAnnounced(port=8004, serving=True, server="llama-server")),
+    # Newer builds (the llama-server this project builds from PyPI): after "model loaded".
+    (f"{_TS} [Info] (Process) 0.00.037.476 I srv  llama_server: listening on http://127.0.0.1:8005",
+     F.PortAnnounced(port=8005, serving=True, server="llama-server")),
+    (f"{_TS} [Info] (Server) llama_server: listening on http://127.0.0.1:8005", None),
     # Child chatter quoting lemond's wording is not lemond speaking.
     (f"{_TS} [Info] (Process) Evicted model: Qwen3-4B-GGUF", None),
     (f"{_TS} [Info] (Process) llama-server is ready!", None),

@@ -16,7 +16,7 @@ import pytest
 
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.client import LemondClient
-from hal0proxy.lemond.events import LemondEvent, LemondRestarted
+from hal0proxy.lemond.events import LemondEvent, LemondRestarted, ModelLoaded
 from hal0proxy.lemond.health import port_from_backend_url
 from tests.support.real_lemond import RealLemond
 from tests.support.ws import WSClient, WSRejected
@@ -143,6 +143,30 @@ async def test_adapter_finds_the_stream_and_follows_loads(lemond: RealLemond) ->
         )
         await adapter.client.unload(None, timeout=60)
         await wait_for(lambda: (r := adapter.routes.get("beta")) is None or not r.alive, 5, "beta's route to go")
+
+
+async def test_a_load_requested_while_another_model_spawns_does_not_take_its_child(lemond: RealLemond) -> None:
+    """lemond prints ``Ensuring model loaded: beta`` as the request arrives, in the middle of
+    alpha's spawn lines; beta's load then waits for alpha's. Each model's ``ModelLoaded`` must
+    name its own child: beta's never alpha's PID (a slot would be routed to the other model)."""
+    async with adapter_on(lemond) as (adapter, seen):
+        before = len(lemond.log_lines())
+        first = asyncio.create_task(adapter.client.load("alpha", timeout=60))
+        # alpha's child is being started when beta's request arrives
+        spawning = "Loading model: extra.alpha"
+        await wait_for(lambda: any(spawning in line for line in lemond.log_lines()[before:]), 30, "alpha's spawn")
+        await adapter.client.load("beta", timeout=90)
+        await first
+        survivor = lemond.loaded()["beta"]  # max_loaded_models = 1: beta's load evicted alpha
+        beta_pid, beta_port = survivor["pid"], port_from_backend_url(survivor["backend_url"])
+
+        def loaded(model: str) -> list[ModelLoaded]:
+            return [e for e in seen if isinstance(e, ModelLoaded) and e.model.removeprefix("extra.") == model]
+
+        await wait_for(lambda: bool(loaded("beta")), 5, "beta's ModelLoaded")
+        assert [(e.port, e.pid) for e in loaded("beta")] == [(beta_port, beta_pid)], seen
+        assert [e.pid for e in loaded("alpha")] and beta_pid not in [e.pid for e in loaded("alpha")], seen
+        await adapter.client.unload(None, timeout=60)
 
 
 def test_snapshot_entries_and_resume(lemond: RealLemond) -> None:
