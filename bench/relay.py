@@ -26,6 +26,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -259,7 +260,7 @@ def render(results: dict[str, object], command: str) -> str:
         f"Command: `{command}` — took {context['seconds']} s. {context['cpus']} CPUs shared by wrk/the load "
         f"generator, the child, the relay and other work (load average {context['loadavg_before']} before, "
         f"{context['loadavg_after']} after). Child: `bench.fastchild` (raw uvloop Protocol). Figures are "
-        '"round 1 / round 2", the second round in reversed target order.',
+        '"round 1 / round 2 / …", every other round in reversed target order.',
         "",
         "| | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
@@ -285,7 +286,11 @@ def render(results: dict[str, object], command: str) -> str:
         proxy, nginx = by_target["hal0proxy"], by_target["nginx"]
 
         def ratio(values: list[float | None], peers: list[float | None]) -> str:
-            return " / ".join("—" if a is None or not b else f"{a / b:.2f}" for a, b in zip(values, peers, strict=True))
+            pairs = [(a, b) for a, b in zip(values, peers, strict=True) if a is not None and b]
+            text = " / ".join("—" if a is None or not b else f"{a / b:.2f}" for a, b in zip(values, peers, strict=True))
+            if len(pairs) > 2:  # one noisy round should not decide: the median of the rounds too
+                text += f" (median {statistics.median(a / b for a, b in pairs):.2f})"
+            return text
 
         def same(key: str) -> str:
             return ratio(_col(proxy, key), _col(nginx, key))
@@ -323,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", default=None, help="git revision: also measure hal0proxy as of it (target hal0proxy-base)"
     )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 2; the order reverses each round)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.rounds:
+        plan = RelayPlan(args.rounds, plan.seconds, plan.sse_streams, plan.sse_seconds, plan.targets)
     if args.targets:
         plan = RelayPlan(plan.rounds, plan.seconds, plan.sse_streams, plan.sse_seconds, tuple(args.targets.split(",")))
     if shutil.which("wrk") is None:

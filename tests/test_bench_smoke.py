@@ -138,6 +138,20 @@ def test_relay_quick_run_measures_every_row(tmp_path: Path) -> None:
     assert "| 16 clients req/s (wrk -c16) |" in done.stdout.decode()
 
 
+def test_relay_report_gives_the_median_ratio_past_two_rounds() -> None:
+    from bench.relay import render
+
+    def rows(scale: float) -> list[dict[str, float]]:
+        keys = ("c1_p50_us", "c16_rps", "cpu_us_per_req", "cpu_us_per_event", "delay_p50_us", "delay_p99_us")
+        return [{k: scale * r for k in keys} | {"sse_events": 10, "non2xx": 0, "sse_errors": 0} for r in (1, 2, 4)]
+
+    context = {"date": "d", "cpus": 2, "loadavg_before": [0], "loadavg_after": [0], "seconds": 1}
+    targets = {"direct": rows(1.0), "hal0proxy": rows(3.0), "nginx": rows(2.0)}
+    text = render({"targets": targets, "context": context}, "python -m bench.relay --rounds 3")
+    assert "| relay CPU per request | 1.50 / 1.50 / 1.50 (median 1.50) | ≤ 2 |" in text
+    assert "| 16 clients req/s (wrk -c16) | 1 / 2 / 4 |" in text  # the direct column of three rounds
+
+
 def test_fast_child_events_carry_stamps_and_end_the_chunked_body() -> None:
     from bench.fastchild import event_bytes
 
