@@ -159,6 +159,29 @@ def _cases() -> dict[str, Callable[[], object]]:
 
         return run
 
+    def controller_lease() -> Callable[[], object]:
+        """The lemond-mode router's hot path: a lease on a ready slot and its release (the slot
+        goes serving and back, in-flight accounting, the journal's slot events)."""
+        from hal0proxy.config import Config, SlotConfig
+        from hal0proxy.control.controller import Controller
+        from hal0proxy.lemond.adapter import LemondAdapter
+        from hal0proxy.lemond.events import ModelLoaded
+        from hal0proxy.routing.classify import Classified
+
+        config = Config(slots=(SlotConfig(name="primary", model="fast"),))
+        controller = Controller(config, LemondAdapter("http://127.0.0.1:1", api_key=None))
+        controller.adapter._publish(ModelLoaded(model="fast", port=9, pid=42, observed_at=controller.clock()))
+        controller.adapter.routes.mark_proven("fast", 9)
+        asked = Classified("primary", ("chat", "primary"), b"/v1/chat/completions", False)
+
+        def run() -> object:
+            lease = controller.acquire_now(asked)
+            assert lease is not None
+            lease.release()
+            return lease
+
+        return run
+
     def sse_event() -> Callable[[], object]:
         conn, child = relay(WRK_REQUEST, FASTCHILD_SSE_HEAD + b"\r\n\r\n")
         assert conn.exchange is not None, "the stream ended"
@@ -198,6 +221,7 @@ def _cases() -> dict[str, Callable[[], object]]:
         "whole request, client read to response written (wrk)": whole_request(WRK_REQUEST),
         "whole request, client read to response written (openai SDK)": whole_request(SDK_REQUEST),
         "one SSE event, child read to client write": sse_event(),
+        "Controller lease + release (lemond mode, ready slot)": controller_lease(),
     }
 
 

@@ -409,11 +409,10 @@ class Controller:
 
     def _on_state_change(self, slot: Slot, before: SlotState) -> None:
         status = slot.status
-        now = self.clock()
         if before in LOADED and status.state in (SlotState.OFFLINE, SlotState.ERROR):
-            self._left_ready[slot.name] = now  # evicted or crashed behind the proxy's back
+            self._left_ready[slot.name] = self.clock()  # evicted or crashed behind the proxy's back
         elif status.state is SlotState.READY and slot.name in self._left_ready:
-            self.hooks.recovered(slot.name, now - self._left_ready.pop(slot.name))
+            self.hooks.recovered(slot.name, self.clock() - self._left_ready.pop(slot.name))
         self.journal.publish(
             "slot.state",
             slot=slot.name,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from hal0proxy.config import SlotConfig
@@ -182,7 +182,7 @@ class SlotRegistry:
             self._add(Slot(name=model, model=model, type=self.type_of(model), adopted=True))
 
     def _add(self, slot: Slot) -> Slot:
-        slot.status = replace(slot.status, model=slot.model)
+        slot.status = slot.status._replace(model=slot.model)
         self._slots[slot.name] = slot
         self._by_model.setdefault(slot.model, []).append(slot)
         return slot

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import replace
 
 from hal0proxy.control.attribution import UnloadLedger
 from hal0proxy.control.recovery import LoadFailure
@@ -58,16 +57,22 @@ class Room:
         self._ledger = ledger
         self._is_loading = is_loading
         self._on_unload = on_unload
-        self._quiet = asyncio.Event()  # pulsed whenever a request finishes: room may have appeared
+        # Pulsed whenever a request finishes (room may have appeared); made only while someone
+        # waits for it, since the pulse runs once per request.
+        self._quiet: asyncio.Event | None = None
         self.unloads_issued: dict[str, int] = {}  # reason -> unloads the proxy sent
 
     def note_quiet(self) -> None:
         """A slot's last request finished: wake whoever waits for room or for quiet."""
-        self._quiet.set()
-        self._quiet = asyncio.Event()
+        quiet = self._quiet
+        if quiet is not None:
+            self._quiet = None
+            quiet.set()
 
     async def _quiet_or(self, timeout_s: float) -> None:
         quiet = self._quiet
+        if quiet is None:
+            quiet = self._quiet = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(quiet.wait(), timeout_s)
 
@@ -111,7 +116,7 @@ class Room:
             status = slot.status
             in_flight = self._registry.in_flight(slot.model)
             if in_flight != status.in_flight:
-                status = replace(status, in_flight=in_flight)
+                status = status._replace(in_flight=in_flight)
             views.append(policy.SlotView(slot.name, status, mtype, slot.idle_timeout_s, slot.pinned))
         return views
 

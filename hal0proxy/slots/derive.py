@@ -24,7 +24,7 @@ the proxy (a loaded model vanishing, a load failing that the proxy did not start
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from hal0proxy.slots import state as _state
 from hal0proxy.slots.signals import (
@@ -70,9 +70,11 @@ _UP_PATH: dict[SlotState, tuple[SlotState, ...]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class SlotStatus:
-    """Everything derived about one slot. Immutable; ``reduce`` returns a new one."""
+class SlotStatus(NamedTuple):
+    """Everything derived about one slot. Immutable; ``reduce`` returns a new one.
+
+    A named tuple, like ``dispatch.DispatchSlot``: every request builds two (one in flight
+    more, one fewer), and a tuple costs a fraction of a frozen dataclass to build."""
 
     state: SlotState = S.OFFLINE
     model: str | None = None
@@ -98,21 +100,26 @@ class SlotStatus:
         return self.last_used if self.last_used is not None else self.updated_at
 
 
-def _counted(status: SlotStatus, in_flight: int, now: float) -> SlotStatus:
-    """``status`` with a request more or fewer in flight, used at ``now``.
+def _counted(status: SlotStatus, in_flight: int, now: float, state: SlotState | None = None) -> SlotStatus:
+    """``status`` with a request more or fewer in flight, used at ``now`` (and moved to
+    ``state``, already checked by the caller, when that is a change).
 
-    Every request passes here twice, on the data plane's hot path: a direct constructor call
-    costs a fraction of ``dataclasses.replace``, which looks the fields up on every call.
+    Every request passes here twice, on the data plane's hot path: one direct constructor
+    call per signal (``_replace`` goes through ``_make`` and a dict of the changes).
     """
+    if state is None or state is status.state:
+        state, updated_at = status.state, status.updated_at
+    else:
+        updated_at = now
     return SlotStatus(
-        status.state,
+        state,
         status.model,
         status.port,
         status.pid,
         status.message,
         in_flight,
         now,
-        status.updated_at,
+        updated_at,
         status.error,
     )
 
@@ -124,7 +131,7 @@ def _move(status: SlotStatus, path: tuple[SlotState, ...], now: float, *, forced
         current = _state.apply_transition(current, step, forced=forced and i == len(path) - 1)
     if current is status.state:
         return status
-    return replace(status, state=current, updated_at=now)
+    return status._replace(state=current, updated_at=now)
 
 
 def _child_up(status: SlotStatus, port: int | None, pid: int | None, now: float) -> SlotStatus:
@@ -132,24 +139,24 @@ def _child_up(status: SlotStatus, port: int | None, pid: int | None, now: float)
         port, pid = status.port, status.pid
     if status.state not in _NOT_LOADED:
         # Already loaded (port drift or a heartbeat) or being unloaded: only the address moves.
-        return replace(status, port=port, pid=pid)
+        return status._replace(port=port, pid=pid)
     path = _UP_PATH[status.state]
     if status.in_flight > 0:
         path = (*path, S.SERVING)
     # A new child is a new life: its quiet period starts when it came up, not at the last
     # request the previous child served.
-    return replace(_move(status, path, now), port=port, pid=pid, message="", error=None, last_used=None)
+    return _move(status, path, now)._replace(port=port, pid=pid, message="", error=None, last_used=None)
 
 
 def _child_gone(status: SlotStatus, crashed: bool, now: float) -> SlotStatus:
     if status.state in LOADED:
         message = MSG_CRASHED if crashed else MSG_EVICTED
-        return replace(_move(status, (S.OFFLINE,), now, forced=True), port=None, pid=None, message=message)
+        return _move(status, (S.OFFLINE,), now, forced=True)._replace(port=None, pid=None, message=message)
     if status.state is S.UNLOADING:
         message = MSG_CRASHED if crashed else MSG_UNLOADED
-        return replace(_move(status, (S.OFFLINE,), now), port=None, pid=None, message=message)
+        return _move(status, (S.OFFLINE,), now)._replace(port=None, pid=None, message=message)
     # Not loaded, or a load in progress: losing an old child changes nothing but the address.
-    return replace(status, port=None, pid=None)
+    return status._replace(port=None, pid=None)
 
 
 def _resync(status: SlotStatus, signal: Resync, now: float) -> SlotStatus:
@@ -170,19 +177,19 @@ def reduce(status: SlotStatus, signal: Signal, now: float) -> SlotStatus:
     st = status.state
     match signal:
         case RequestStarted():
-            busy = _counted(status, status.in_flight + 1, now)
-            return _move(busy, (S.SERVING,), now) if st in (S.READY, S.IDLE) else busy
+            serving = _state.apply_transition(st, S.SERVING) if st in (S.READY, S.IDLE) else None
+            return _counted(status, status.in_flight + 1, now, serving)
         case RequestFinished():
             left = max(0, status.in_flight - 1)
-            done = _counted(status, left, now)
-            return _move(done, (S.READY,), now) if st is S.SERVING and left == 0 else done
+            ready = _state.apply_transition(st, S.READY) if st is S.SERVING and left == 0 else None
+            return _counted(status, left, now, ready)
         case IdleTick(idle_timeout_s=timeout):
             quiet = status.in_flight == 0 and now - status.quiet_since() >= timeout
             if st is S.READY and timeout > 0 and quiet:
                 idle = _move(status, (S.IDLE,), now)
                 # Going idle does not start a new quiet period: a child that never served keeps
                 # the time it came up, else its idle unload would wait a second timeout.
-                return idle if status.last_used is not None else replace(idle, last_used=status.updated_at)
+                return idle if status.last_used is not None else idle._replace(last_used=status.updated_at)
             return status
         case ChildUp(port=port, pid=pid):
             return _child_up(status, port, pid, now)
@@ -190,25 +197,25 @@ def reduce(status: SlotStatus, signal: Signal, now: float) -> SlotStatus:
             return _child_gone(status, crashed, now)
         case LoadBegan():
             if st in (S.OFFLINE, S.ERROR, S.PULLING):
-                return replace(_move(status, (S.STARTING, S.WARMING), now), message=MSG_WARMING)
+                return _move(status, (S.STARTING, S.WARMING), now)._replace(message=MSG_WARMING)
             if st is S.STARTING:
-                return replace(_move(status, (S.WARMING,), now), message=MSG_WARMING)
+                return _move(status, (S.WARMING,), now)._replace(message=MSG_WARMING)
             return status
         case LoadRequested():
             if st in (S.OFFLINE, S.ERROR, S.PULLING):
-                return replace(_move(status, (S.STARTING,), now), message=MSG_STARTING)
+                return _move(status, (S.STARTING,), now)._replace(message=MSG_STARTING)
             return status
         case PullBegan():
             if st in (S.OFFLINE, S.ERROR):
-                return replace(_move(status, (S.PULLING,), now), message=MSG_PULLING)
+                return _move(status, (S.PULLING,), now)._replace(message=MSG_PULLING)
             return status
         case LoadError(reason=reason):
             forced = st in (S.OFFLINE, S.IDLE)
             failed = _move(status, (S.ERROR,), now, forced=forced)
-            return replace(failed, port=None, pid=None, message=reason, error=reason)
+            return failed._replace(port=None, pid=None, message=reason, error=reason)
         case UnloadRequested():
             if st in (S.READY, S.IDLE, S.SERVING):
-                return replace(_move(status, (S.UNLOADING,), now, forced=st is S.SERVING), message=MSG_UNLOADING)
+                return _move(status, (S.UNLOADING,), now, forced=st is S.SERVING)._replace(message=MSG_UNLOADING)
             return status
         case Resync():
             return _resync(status, signal, now)
