@@ -151,12 +151,18 @@ def start_fake_child(
     return start_ready(name, argv, log_dir, [(port, name)]), port
 
 
-def start_proxy(name: str, log_dir: Path, routes: dict[str, int]) -> tuple[Proc, int]:
-    """``hal0proxy serve --static-route ...``: exactly the command a user runs; no lemond involved."""
+def start_proxy(name: str, log_dir: Path, routes: dict[str, int], config: str | None = None) -> tuple[Proc, int]:
+    """``hal0proxy serve --static-route ...``: exactly the command a user runs; no lemond involved.
+
+    ``config``: the text of a TOML configuration file to serve with (``--config``)."""
     port = free_port()
     argv = [str(Path(sys.executable).with_name("hal0proxy")), "serve", "--listen", f"127.0.0.1:{port}"]
     if not Path(argv[0]).exists():
         argv = [sys.executable, "-m", "hal0proxy", "serve", "--listen", f"127.0.0.1:{port}"]
+    if config is not None:
+        path = log_dir / f"{name}.toml"
+        path.write_text(config)
+        argv += ["--config", str(path)]
     for model, child_port in routes.items():
         argv += ["--static-route", f"{model}={child_port}"]
     return start_ready(name, argv, log_dir, [(port, next(iter(routes)))]), port

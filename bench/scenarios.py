@@ -124,7 +124,10 @@ def hold_streams(profile: Profile, log_dir: Path) -> Result:
             child, port = start_fake_child(f"slow{index}", log_dir, tokens_per_second=0.2)
             children.append(child)
             routes[f"slow{index}"] = port
-        proxy, proxy_port = start_proxy("hal0proxy-hold", log_dir, routes)
+        # The default connection cap (4,096) would answer the rest 503: raise it as a user
+        # expecting this many streams would (the proxy raises its descriptor limit to fit).
+        limits = f"[limits]\nmax_connections = {profile.hold_streams + 256}\n"
+        proxy, proxy_port = start_proxy("hal0proxy-hold", log_dir, routes, config=limits)
         rss_idle = proxy.rss_mb()
         share, extra = divmod(profile.hold_streams, profile.hold_children)
         t0 = time.perf_counter()
