@@ -33,6 +33,7 @@ from hal0proxy.control.recovery import LoadFailure, Recovery
 from hal0proxy.control.registry import Slot, SlotRegistry
 from hal0proxy.control.room import Room
 from hal0proxy.control.shared import ControlShared
+from hal0proxy.control.state_feed import SlotStateFeed
 from hal0proxy.http.errors import ProxyError
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.lemond.errors import LemondError
@@ -120,6 +121,7 @@ class Controller:
         self.adapter = adapter
         self.journal = journal or Journal()
         self.clock = clock
+        self._state_feed = SlotStateFeed(self.journal, clock)
         self.registry = SlotRegistry(config.slots, on_change=self._on_state_change)
         self.hooks = ControlHooks()  # bound after construction (metrics), so read at use
         self._tasks: list[asyncio.Task[None]] = []
@@ -413,12 +415,4 @@ class Controller:
             self._left_ready[slot.name] = self.clock()  # evicted or crashed behind the proxy's back
         elif status.state is SlotState.READY and slot.name in self._left_ready:
             self.hooks.recovered(slot.name, self.clock() - self._left_ready.pop(slot.name))
-        self.journal.publish(
-            "slot.state",
-            slot=slot.name,
-            model=slot.model,
-            previous=str(before),
-            state=str(status.state),
-            port=status.port,
-            message=status.message,
-        )
+        self._state_feed.changed(slot, before)
