@@ -20,7 +20,7 @@ from hal0proxy.http.framing import ChunkedScanner, FramingError
 from hal0proxy.http.headers import connection_tokens
 from hal0proxy.http.messages import HttpRequest
 from hal0proxy.http.problems import BadRequest
-from hal0proxy.http.request_head import NEED_MORE, SLOW, FastHead, check_slow_head, parse_request_head
+from hal0proxy.http.request_head import NEED_MORE, SLOW, FastHead, HeadTemplate, check_slow_head, parse_request_head
 
 _FAKE_RESPONSE = h11.Response(status_code=200, headers=[(b"content-length", b"0")])
 _FAKE_END = h11.EndOfMessage()
@@ -156,13 +156,7 @@ class RequestReader:
                 body = self._buf[parsed.body_start : end] if parsed.content_length else b""
                 self._buf = self._buf[end:]
                 self.keep_alive = parsed.keep_alive
-                template = parsed.template
-                if template is not None:  # a repeated head: its path is already decoded
-                    return HttpRequest(
-                        template.method, template.target, template.path, template.query, parsed.headers, body,
-                        b"1.1", self.peer_host, template,
-                    )  # fmt: skip
-                return self._request(parsed.method, parsed.target, parsed.headers, b"1.1", body)
+                return self._request(parsed.method, parsed.target, parsed.headers, b"1.1", body, parsed.template)
             head = self._head = parsed
             first = self._buf[parsed.body_start :]
             self._body = [first] if first else []
@@ -176,9 +170,7 @@ class RequestReader:
         self._head = None
         body, self._buf = joined[: head.content_length], joined[head.content_length :]
         self.keep_alive = head.keep_alive
-        req = self._request(head.method, head.target, head.headers, b"1.1", body)
-        req.template = head.template
-        return req
+        return self._request(head.method, head.target, head.headers, b"1.1", body, head.template)
 
     def _start_h11(self) -> HttpRequest | None:
         buf = self._buf
@@ -275,11 +267,20 @@ class RequestReader:
                 raise ConnectionClosed
 
     def _request(
-        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], version: bytes, body: bytes
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: bytes,
+        body: bytes,
+        template: HeadTemplate | None = None,
     ) -> HttpRequest:
-        path, _, query = target.partition(b"?")
         # positional: the fields of HttpRequest in their order (cheaper than keywords per request)
-        return HttpRequest(method, target, path.decode("latin-1"), query, headers, body, version, self.peer_host)
+        if template is not None:  # a repeated head: its path is already decoded
+            path, query = template.path, template.query
+            return HttpRequest(method, target, path, query, headers, body, version, self.peer_host, template)
+        raw_path, _, query = target.partition(b"?")
+        return HttpRequest(method, target, raw_path.decode("latin-1"), query, headers, body, version, self.peer_host)
 
     def _too_large_body(self) -> ProxyError:
         limit = self._max_body
