@@ -2,10 +2,13 @@
 
 Only what ``Room`` asks of the adapter: lemond's pool limits (``last_health``), a refresh,
 and ``/v1/unload`` (recorded; a model in ``not_loaded`` answers 404 as lemond does; any
-other is evicted, and the eviction reaches the registry as lemond's log line would).
+other is evicted, and the eviction reaches the registry as lemond's log line would); and
+``answer_json``, the reply of the stand-in lemond servers some tests run on a real socket.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from hal0proxy.config import Config, SlotConfig
 from hal0proxy.control.registry import SlotRegistry
@@ -55,3 +58,14 @@ def slots(*specs: SlotConfig) -> tuple[Config, SlotRegistry]:
 
 def mark_loaded(registry: SlotRegistry, model: str, port: int, at: float) -> None:
     registry.apply_event(ModelLoaded(model=model, port=port, pid=1, observed_at=at))
+
+
+async def answer_json(writer: asyncio.StreamWriter, status_line: bytes, body: bytes) -> None:
+    """Answer one request of a stand-in lemond over a real socket, then close (``Connection: close``)."""
+    writer.write(
+        b"HTTP/1.1 %b\r\nContent-Type: application/json\r\nConnection: close\r\n" % status_line
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    await writer.drain()
+    writer.close()

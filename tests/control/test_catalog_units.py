@@ -19,6 +19,7 @@ from hal0proxy.control.registry import SlotRegistry
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.routing.classify import Classified
 from hal0proxy.slots.dispatch import Unresolved
+from tests.control.fakes import answer_json
 
 M, EXTRA = "Qwen3-0.6B-GGUF", "Gemma-3-1b-GGUF"
 DOWN = "http://127.0.0.1:1"
@@ -42,13 +43,7 @@ class ModelsServer:
         await reader.readuntil(b"\r\n\r\n")
         self.requests += 1
         body = orjson.dumps({"object": "list", "data": [{"id": EXTRA, "created": 7, "labels": []}]})
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            + b"Content-Length: %d\r\n\r\n" % len(body)
-            + body
-        )
-        await writer.drain()
-        writer.close()
+        await answer_json(writer, b"200 OK", body)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from hal0proxy.control.room import Room
 from hal0proxy.control.shared import ControlShared
 from hal0proxy.lemond.adapter import LemondAdapter
 from hal0proxy.slots.state import SlotState
+from tests.control.fakes import answer_json
 
 M = "Qwen3-0.6B-GGUF"
 DOWN = "http://127.0.0.1:1"
@@ -82,13 +83,7 @@ async def _answer_404(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     if length:
         await reader.readexactly(length)
     body = b'{"error":{"message":"model not found","code":"model_not_found","type":"not_found"}}'
-    writer.write(
-        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        + b"Content-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    await writer.drain()
-    writer.close()
+    await answer_json(writer, b"404 Not Found", body)
 
 
 async def test_a_model_lemond_does_not_know_fails_the_load_with_404_slot_not_found() -> None:
