@@ -45,7 +45,6 @@ from hal0proxy.routing.contract import Lease
 from hal0proxy.slots import dispatch
 from hal0proxy.slots.derive import LOADED
 from hal0proxy.slots.dispatch import ColdStart, DispatchPolicy, DispatchSlot, Forward, Reject, Unresolved
-from hal0proxy.slots.policy import LoadTimes
 from hal0proxy.slots.signals import RequestFinished, RequestStarted
 from hal0proxy.slots.state import SlotState
 
@@ -158,23 +157,6 @@ class Controller:
         """lemond's major release from its last ``/v1/health`` (0 while unknown)."""
         return self.recovery.lemond_major
 
-    @property
-    def load_times(self) -> LoadTimes:
-        return self.loading.load_times
-
-    @property
-    def loads_issued(self) -> int:
-        return self.loading.loads_issued
-
-    @property
-    def recoveries(self) -> int:
-        """Dead children lemond still listed, cleared with unload + load."""
-        return self.recovery.recoveries
-
-    @property
-    def unloads_issued(self) -> dict[str, int]:
-        return self.room.unloads_issued
-
     # ------------------------------------------------------------------ lifecycle
     async def start(self, idle_interval_s: float = IDLE_TICK_S) -> None:
         await self.adapter.start()
@@ -232,7 +214,7 @@ class Controller:
             lemond_resyncs=stats.resyncs,
             lemond_seq_gaps=stats.gaps,
             lemond_restarts=stats.restarts,
-            loads_issued=self.loads_issued,
+            loads_issued=self.loading.loads_issued,
             subscribers_dropped=self.journal.dropped_subscribers,
             slots=tuple(SlotSnapshot(s.name, s.status.state, s.status.in_flight) for s in self.registry.all()),
         )

@@ -176,7 +176,7 @@ async def test_hooks_and_a_reloaded_config_bound_after_construction_reach_the_pa
     assert slot is not None
     with pytest.raises(LemondError):  # lemond is down: the unload itself is refused
         await asyncio.wait_for(ctl.unload_slot(slot), 5.0)  # the reloaded 0 s wait, not 120 s
-    assert seen == [("manual", "proxy")] and ctl.unloads_issued == {"manual": 1}
+    assert seen == [("manual", "proxy")] and ctl.room.unloads_issued == {"manual": 1}
     lease.release()
 
 
