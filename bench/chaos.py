@@ -155,7 +155,8 @@ class Lemond:
     def __init__(self, args: argparse.Namespace, log_dir: Path, catalog: Path) -> None:
         self.args, self.log_dir, self.catalog = args, log_dir, catalog
         self.port = free_port()
-        self.child_base = random.randrange(20000, 40000, 50)
+        # Below the ephemeral range, where outgoing connections take ports (Linux: 32768+).
+        self.child_base = random.randrange(20000, 32000, 50)
         self.runs = 0
         self.proc = self._start()
 

@@ -33,6 +33,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux's default if unknown)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_run(width: int, lowest: int = 10000) -> int:
+    """A random base port whose ``width`` ports from it are all free now.
+
+    The run lies below the kernel's ephemeral range: inside it, any outgoing connection on this
+    machine may take one of the ports between this check and the emulator's bind, and the tests
+    that expect lemond's "lowest free port from the base" choice would then see base + 1.
+    """
+    top = max(lowest + width, _ephemeral_low() - width)
+    for _ in range(100):
+        base = random.randrange(lowest, top, width)
+        if all(_port_is_free(port) for port in range(base, base + width)):
+            return base
+    raise RuntimeError(f"no run of {width} free ports below {top}")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def http_request(
     port: int,
     method: str,
@@ -188,9 +220,11 @@ def start_emulator(
     """Launch ``python -m hal0proxy.emulator`` on free ports (or the given ones, to restart
     a lemond where a proxy expects it) and wait for ``/live``."""
     port = free_port() if port is None else port
-    # A random base keeps parallel runs (and other users of this machine) from colliding.
-    child_base = random.randrange(20000, 40000, 50) if child_port_base is None else child_port_base
-    ws_base = random.randrange(40000, 50000, 10)
+    # One random free run, children's ports first and the websocket's after them, keeps parallel
+    # runs (and other users of this machine) from colliding with each other or with the emulator.
+    run = free_port_run(60)
+    child_base = run if child_port_base is None else child_port_base
+    ws_base = run + 50
     argv = [
         sys.executable, "-m", "hal0proxy.emulator",
         "--port", str(port),
