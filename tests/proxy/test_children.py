@@ -212,7 +212,7 @@ def test_client_disconnect_closes_child_connection_at_once() -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             writer.transport.abort()
             cut = time.monotonic()
-            while _established(child.proc.pid, child.port) and time.monotonic() - cut < 2:
+            while _established(child.proc.pid, child.port) and time.monotonic() - cut < 10:
                 await asyncio.sleep(0.002)
             return time.monotonic() - cut
 
@@ -221,7 +221,7 @@ def test_client_disconnect_closes_child_connection_at_once() -> None:
         # Typically well under 100 ms; the bound is wide because the 2 cores are shared with the
         # child and the test. It still separates "closed at once" from "closed when the stream
         # ends": the child would keep generating for 100 s (5000 tokens at 50/s).
-        assert elapsed < 1.0, f"child connection closed {elapsed * 1000:.1f} ms after the client left"
+        assert elapsed < 5.0, f"child connection closed {elapsed * 1000:.1f} ms after the client left"
     finally:
         proxy.stop()
         child.proc.kill()

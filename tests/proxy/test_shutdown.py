@@ -60,7 +60,8 @@ def test_sigterm_with_idle_keepalive_connections_exits_promptly() -> None:
             started = time.monotonic()
             proxy.proc.send_signal(signal.SIGTERM)
             assert await reader.read() == b""  # the idle keep-alive connection is closed at once
-            assert time.monotonic() - started < 2
+            # At once, not after the 30 s grace: the bound is wide for a shared, loaded machine.
+            assert time.monotonic() - started < 10
             writer.close()
 
         asyncio.run(run())
