@@ -23,6 +23,28 @@ _PATH_DEFAULT_SLOTS: tuple[tuple[str, str], ...] = (
     ("/v1/images/", "img"),
 )
 _CHAT_DEFAULT_SLOTS = ("chat", "primary")
+# Only text-generation paths take the chat default. Any other path without a model is refused
+# rather than sent to a chat model: a modelless health probe or a typo must never load (and so
+# make room by evicting) a model.
+_CHAT_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/tokenize",
+        "/v1/detokenize",
+        "/v1/infill",
+    }
+)
+# lemond's own API (its route table under /v1). None of it is a child's: forwarding it to a model
+# server is wrong, and loading or unloading behind the proxy's back would defeat its eviction
+# ownership, so these paths are refused with a pointer to lemond (SPEC §2.2).
+_LEMOND_OWN_PATHS = frozenset(
+    {"health", "load", "unload", "pull", "delete", "params", "install", "uninstall", "log-level", "stats",
+     "system-info", "system-stats", "registry", "downloads", "jobs", "cloud"}
+)  # fmt: skip
 
 # Path rewrites applied to the upstream request line (hal0 compatibility).
 _UPSTREAM_REWRITES = {"/v1/rerankings": "/v1/rerank", "/v1/reranker": "/v1/rerank"}
@@ -39,10 +61,24 @@ class Classified:
 
 
 def default_slots_for(path: str) -> tuple[str, ...]:
+    """The slots a request without a model goes to on this path, in order; none off the known paths."""
     for prefix, slot in _PATH_DEFAULT_SLOTS:
         if path.startswith(prefix):
             return (slot,)
-    return _CHAT_DEFAULT_SLOTS
+    return _CHAT_DEFAULT_SLOTS if path in _CHAT_PATHS else ()
+
+
+def refuse_lemond_path(path: str) -> None:
+    """Raise 404 for a path of lemond's own API (``/v1/health``, ``/v1/load``, …)."""
+    first = path[4:].split("/", 1)[0] if path.startswith("/v1/") else ""
+    if first in _LEMOND_OWN_PATHS:
+        raise ProxyError(
+            404,
+            "resource.not_found",
+            f"{path} is lemond's own API, which the proxy does not serve: ask lemond directly "
+            "(the proxy's own state is at /healthz, /readyz and /api/slots)",
+            {"path": path},
+        )
 
 
 def upstream_target(path: str, query: bytes) -> bytes:
@@ -88,6 +124,7 @@ def classify(path: str, query: bytes, content_type: bytes, body: bytes) -> Class
     key = (path, query, model, streaming)
     found = _classified.get(key)
     if found is None:
+        refuse_lemond_path(path)  # (on a miss only: such a path is never kept)
         found = Classified(
             model=model,
             default_slots=default_slots_for(path),

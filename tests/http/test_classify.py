@@ -61,3 +61,22 @@ def test_long_names_are_answered_but_never_kept() -> None:
     found = classify("/v1/chat/completions", b"", b"application/json", b'{"model":"%s"}' % name.encode())
     assert found.model == name
     assert all(key[2] != name for key in classify_module._classified)
+
+
+def test_only_text_generation_paths_take_the_chat_default() -> None:
+    assert default_slots_for("/v1/chat/completions") == ("chat", "primary")
+    assert default_slots_for("/v1/responses") == ("chat", "primary")
+    assert default_slots_for("/v1/embeddings") == ("embed",)
+    # A path the proxy does not know goes to no slot by default: no model, no load.
+    assert default_slots_for("/v1/whatever") == ()
+    assert default_slots_for("/v1/chat/completionsX") == ()
+
+
+@pytest.mark.parametrize("path", ["/v1/health", "/v1/load", "/v1/unload", "/v1/pull", "/v1/registry/search"])
+def test_lemonds_own_paths_are_refused_with_or_without_a_model(path: str) -> None:
+    for body in (b"", b'{"model":"primary"}', b'{"model_name":"primary"}'):
+        with pytest.raises(ProxyError) as caught:
+            classify(path, b"", b"application/json", body)
+        assert caught.value.status == 404 and caught.value.code == "resource.not_found"
+        assert "lemond" in caught.value.message
+    assert path not in {key[0] for key in classify_module._classified}, "a refused path is never kept"
