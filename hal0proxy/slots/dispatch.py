@@ -145,7 +145,8 @@ def decide(
 
 
 def _loading(slot: DispatchSlot) -> Reject:
-    state = str(slot.state)
+    # This very answer starts an offline slot's load, so the client is told what it will find.
+    state = str(SlotState.STARTING if slot.state is SlotState.OFFLINE else slot.state)
     return Reject(
         503,
         "slot.loading",

@@ -38,6 +38,7 @@ def slot(state: SlotState, in_flight: int = 0, pinned: bool = False, retry: int 
 
 
 def loading(state: SlotState, retry: int = 7) -> Reject:
+    state = S.STARTING if state is S.OFFLINE else state  # the answer itself starts the load
     return Reject(
         503,
         "slot.loading",
