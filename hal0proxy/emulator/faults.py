@@ -166,7 +166,10 @@ class FaultApi:
         key = self._model_name(body) or "*"
         seconds = body.get("seconds")
         if seconds is None:
-            self.router.faults.slow_load_s.pop(key, None)
+            if key == "*":  # no model named: clear every slow load, not only the default one
+                self.router.faults.slow_load_s.clear()
+            else:
+                self.router.faults.slow_load_s.pop(key, None)
         elif isinstance(seconds, int | float) and seconds >= 0:
             self.router.faults.slow_load_s[key] = float(seconds)
         else:

@@ -172,6 +172,15 @@ def test_slow_load_blocks_load_until_ready(fresh: EmulatorProcess) -> None:
     assert time.monotonic() - started >= 1.5
 
 
+def test_slow_load_without_a_model_clears_every_slow_load(fresh: EmulatorProcess) -> None:
+    fresh.post("/_emu/slow_load", {"model_name": SMALL, "seconds": 30})
+    fresh.post("/_emu/slow_load", {"seconds": 30})
+    assert fresh.post("/_emu/slow_load", {"seconds": None})[0] == 200
+    started = time.monotonic()
+    load(fresh, SMALL)
+    assert time.monotonic() - started < 10.0, "a slow load was left behind"
+
+
 def test_unload_pauses_like_lemond() -> None:
     with start_emulator(unload_pause_seconds=0.8) as emu:
         load(emu, SMALL)
