@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -150,6 +151,92 @@ def test_limits_take_effect_on_reload() -> None:
             time.sleep(0.3)  # both accepted
             status, _, body = proxy.request("GET", "/healthz", timeout=10)
             assert status == 503 and error_code(body) == "proxy.overloaded", body
+
+
+def test_upstream_first_byte_timeout_takes_effect_on_reload() -> None:
+    with start_emulator() as emu, start_proxy(emu.base_url, warm_slot()) as proxy:
+        ready(proxy, emu)
+        text = reload(proxy, "[limits]\nupstream_first_byte_timeout_s = 1\n" + warm_slot())
+        assert "limits.upstream_first_byte_timeout_s" in text, text
+        body = {"model": "alpha", **CHAT}
+        status, _, data = proxy.request("POST", "/v1/chat/completions", body, {"X-Emu-Stall": "0,4"}, timeout=30)
+        assert status == 504 and error_code(data) == "upstream.timeout", data
+
+
+def test_shutdown_grace_takes_effect_on_reload() -> None:
+    """Reloaded from the 30 s default to 0.5 s: SIGTERM with a stream stalled for 20 s in
+    flight exits within seconds, the stream ended by the interrupted event."""
+    with start_emulator() as emu, start_proxy(emu.base_url, warm_slot()) as proxy:
+        ready(proxy, emu)
+        text = reload(proxy, "[limits]\nshutdown_grace_s = 0.5\n" + warm_slot())
+        assert "limits.shutdown_grace_s" in text, text
+        received: list[bytes] = []
+
+        def stream() -> None:
+            body = {"model": "alpha", "stream": True, **CHAT}
+            received.append(proxy.request("POST", "/v1/chat/completions", body, {"X-Emu-Stall": "1,20"})[2])
+
+        client = threading.Thread(target=stream)
+        client.start()
+        assert wait_until(lambda: proxy.slots()["alpha"]["in_flight"] == 1, 10)
+        time.sleep(0.5)  # the first token is out, the stall has begun
+        started = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10  # 0.5 s grace, far from the 30 s default or the 20 s stall
+        client.join(timeout=10)
+        assert received and b"upstream.stream_interrupted" in received[0], received
+
+
+class HeaderCatcher:
+    """A stand-in child on a loopback port: answers every request 200 and keeps its heads."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.heads: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.heads.append(head.lower())
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
+        self.sock.close()
+        self._thread.join(timeout=5)
+
+
+def test_forward_conversation_id_takes_effect_on_reload() -> None:
+    child = HeaderCatcher()
+    try:
+        with start_proxy("http://127.0.0.1:1", "", "--static-route", f"m={child.port}") as proxy:
+
+            def forwarded() -> bool:
+                body = {"model": "m", **CHAT}
+                status, _, _ = proxy.request("POST", "/v1/chat/completions", body, {"X-Conversation-Id": "c1"})
+                assert status == 200
+                return b"x-conversation-id: c1" in child.heads[-1]
+
+            assert not forwarded()
+            text = reload(proxy, "forward_conversation_id = true\n")
+            assert "forward_conversation_id" in text, text
+            assert forwarded()
+    finally:
+        child.close()
 
 
 # ---------------------------------------------------------------------------------- api_keys
