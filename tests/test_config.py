@@ -160,6 +160,8 @@ def test_check_config_refuses_a_port_out_of_range(tmp_path: Path, toml: str, lin
         (("serve", "--static-route", "m=70000"), "must be MODEL=PORT with PORT 1-65535 (got 'm=70000')"),
         (("demo", "--listen", "127.0.0.1:99999"), f"{_LISTEN_PROBLEM} (got '127.0.0.1:99999')"),
         (("demo", "--emulator-port", "0"), "must be a port 1-65535 (got '0')"),
+        (("emulate", "--port", "99999"), "must be a port 1-65535 (got '99999')"),
+        (("emulate", "--child-port-base", "70000"), "must be a port 1-65535 (got '70000')"),
     ],
 )
 def test_command_line_refuses_a_port_out_of_range(args: tuple[str, ...], line: str) -> None:
