@@ -359,14 +359,15 @@ def run_demo(args: argparse.Namespace) -> int:
             print("hal0proxy demo: the lemond emulator did not start", file=sys.stderr)
             return 1
         config = Config(listen=(host, port), lemond_url=f"http://127.0.0.1:{emu_port}", slots=DEMO_SLOTS)
+        base = f"http://{host_port(host, port)}"
         print(
             f"lemond emulator on http://127.0.0.1:{emu_port} (fake llama-server children)\n"
             f"try:\n"
-            f"  curl -N http://{host}:{port}/v1/chat/completions -d "
+            f"  curl -N {base}/v1/chat/completions -d "
             '\'{"model":"primary","stream":true,"messages":[{"role":"user","content":"hi"}]}\'\n'
-            f"  curl http://{host}:{port}/api/slots\n"
-            f"  curl -N http://{host}:{port}/api/v1/adapter/events\n"
-            f"  curl http://{host}:{port}/metrics",
+            f"  curl {base}/api/slots\n"
+            f"  curl -N {base}/api/v1/adapter/events\n"
+            f"  curl {base}/metrics",
             flush=True,
         )
         install_event_loop_policy()

@@ -72,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return app.run_serve(args)
     if args.command == "demo":
-        host, port = args.listen
-        print(f"status page: http://{host}:{port}/  (Ctrl-C stops the proxy and the emulator)", flush=True)
+        status_page = f"http://{app.host_port(*args.listen)}/"
+        print(f"status page: {status_page}  (Ctrl-C stops the proxy and the emulator)", flush=True)
         return app.run_demo(args)
     if args.command == "check-config":
         return app.run_check_config(args.file)
