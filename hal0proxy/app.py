@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,17 @@ import urllib.request
 from collections.abc import Callable
 
 from hal0proxy.api.admin import AdminApi
-from hal0proxy.config import Config, ConfigError, SlotConfig, load_config
+from hal0proxy.config import (
+    LISTEN_RULE,
+    URL_RULE,
+    Config,
+    ConfigError,
+    SlotConfig,
+    load_config,
+    parse_lemond_url,
+    parse_listen,
+    problem_line,
+)
 from hal0proxy.control.controller import ControlHooks, Controller
 from hal0proxy.http.errors import ProxyError, json_response, simple_response
 from hal0proxy.http.messages import FullResponse, HttpRequest, LocalResponse
@@ -76,6 +87,33 @@ def settings_from(config: Config) -> ProxySettings:
     )
 
 
+def hang_settings_from(config: Config) -> HangSettings:
+    policy = config.policy
+    return HangSettings(
+        hang_after_s=policy.hang_after_s,
+        probe_interval_s=policy.hang_probe_interval_s,
+        probe_timeout_s=policy.hang_probe_timeout_s,
+        probe_failures=policy.hang_probe_failures,
+    )
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL authority: an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ListenError(Exception):
+    """The listening socket could not be opened; the message is the one line to print."""
+
+
+def _listen_reason(exc: OSError) -> str:
+    """``address already in use`` rather than uvloop's or asyncio's long wording."""
+    # A name that does not resolve carries a resolver code, not an errno: keep its own text.
+    code = None if isinstance(exc, socket.gaierror) else exc.errno
+    reason = os.strerror(code) if code else (exc.strerror or str(exc))
+    return reason[:1].lower() + reason[1:]
+
+
 def _install_signal_handlers(on_reload: Callable[[], None] | None = None) -> asyncio.Event:
     """Installed before the proxy starts, so a SIGTERM during start-up is kept, not lost."""
     stop = asyncio.Event()
@@ -117,16 +155,7 @@ class Proxy:
             settings=settings,
             observe=self.metrics.observe_request,
         )
-        policy = config.policy
-        self.hang_watch = HangWatch(
-            self.ctx,
-            HangSettings(
-                hang_after_s=policy.hang_after_s,
-                probe_interval_s=policy.hang_probe_interval_s,
-                probe_timeout_s=policy.hang_probe_timeout_s,
-                probe_failures=policy.hang_probe_failures,
-            ),
-        )
+        self.hang_watch = HangWatch(self.ctx, hang_settings_from(config))
         if self.controller is not None:
             self.ctx.local = AdminApi(self.controller, config.admin_token, metrics=self._render_metrics)
             self.metrics.bind(self.controller.stats_snapshot, self.ctx.stats)
@@ -147,8 +176,16 @@ class Proxy:
         return self.metrics.render()
 
     async def start(self) -> None:
+        """Listen first, so a port that cannot be had stops the start before anything else runs.
+
+        Raises:
+            ListenError: the socket could not be bound (in use, permission denied, no such address).
+        """
         host, port = self.config.listen
-        self.server = await start_listener(self.ctx, host, port)
+        try:
+            self.server = await start_listener(self.ctx, host, port)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host_port(host, port)}: {_listen_reason(exc)}") from None
         self.hang_watch.start()
         if self.controller is not None:
             await self.controller.start()
@@ -158,12 +195,23 @@ class Proxy:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
+    def urls(self) -> list[str]:
+        """Where the proxy listens, with the real port (the kernel's choice for port 0). A name
+        bound to several addresses with port 0 gets a port per address: each is named then."""
+        assert self.server is not None
+        host, _ = self.config.listen
+        bound = [sock.getsockname() for sock in self.server.sockets]
+        if len({addr[1] for addr in bound}) == 1:
+            return [f"http://{host_port(host, int(bound[0][1]))}"]
+        return [f"http://{host_port(str(addr[0]), int(addr[1]))}" for addr in bound]
+
     def reload(self, loaded: Config) -> None:
         """SIGHUP: apply what can change while running; name what needs a restart."""
         plan = plan_reload(self.config, loaded)
         self.config = plan.config
         self.ctx.settings = settings_from(plan.config)
         self.ctx.pool.connect_timeout_s = self.ctx.settings.upstream_connect_timeout_s
+        self.hang_watch.update(hang_settings_from(plan.config))
         if self.controller is not None:
             self.controller.config = plan.config
             for cfg in plan.config.slots:
@@ -217,20 +265,35 @@ async def serve(
     stop = _install_signal_handlers(on_reload if reload_config is not None else None)
     try:
         await proxy.start()
-        host, _ = config.listen
         target = f"static routes {static_routes}" if static_routes else f"lemond at {config.lemond_url}"
-        print(f"hal0proxy listening on http://{host}:{proxy.port} in front of {target}", flush=True)
+        print(f"hal0proxy listening on {', '.join(proxy.urls())} in front of {target}", flush=True)
         await stop.wait()
     finally:
         await proxy.stop()
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
+    """The file's configuration with ``--listen`` and ``--lemond`` on top, checked like the file's keys.
+
+    Raises:
+        ConfigError: the file or a flag is invalid (one line per problem).
+    """
     config = load_config(args.config) if args.config else Config()
-    if args.listen:
-        config = dataclasses.replace(config, listen=args.listen)
-    if args.lemond:
-        config = dataclasses.replace(config, lemond_url=args.lemond.rstrip("/"))
+    problems = []
+    if args.listen is not None:
+        listen = parse_listen(args.listen)
+        if listen is None:
+            problems.append(problem_line("--listen", LISTEN_RULE, args.listen))
+        else:
+            config = dataclasses.replace(config, listen=listen)
+    if args.lemond is not None:
+        lemond_url = parse_lemond_url(args.lemond)
+        if lemond_url is None:
+            problems.append(problem_line("--lemond", URL_RULE, args.lemond))
+        else:
+            config = dataclasses.replace(config, lemond_url=lemond_url)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return config
 
 
@@ -248,7 +311,11 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     install_event_loop_policy()
     reload_config = (lambda: _config_from_args(args)) if args.config else None
-    asyncio.run(serve(config, dict(args.static_route) or None, reload_config))
+    try:
+        asyncio.run(serve(config, dict(args.static_route) or None, reload_config))
+    except ListenError as exc:  # a valid configuration that cannot run here: exit 1, not 2
+        print(f"hal0proxy: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -292,18 +359,23 @@ def run_demo(args: argparse.Namespace) -> int:
             print("hal0proxy demo: the lemond emulator did not start", file=sys.stderr)
             return 1
         config = Config(listen=(host, port), lemond_url=f"http://127.0.0.1:{emu_port}", slots=DEMO_SLOTS)
+        base = f"http://{host_port(host, port)}"
         print(
             f"lemond emulator on http://127.0.0.1:{emu_port} (fake llama-server children)\n"
             f"try:\n"
-            f"  curl -N http://{host}:{port}/v1/chat/completions -d "
+            f"  curl -N {base}/v1/chat/completions -d "
             '\'{"model":"primary","stream":true,"messages":[{"role":"user","content":"hi"}]}\'\n'
-            f"  curl http://{host}:{port}/api/slots\n"
-            f"  curl -N http://{host}:{port}/api/v1/adapter/events\n"
-            f"  curl http://{host}:{port}/metrics",
+            f"  curl {base}/api/slots\n"
+            f"  curl -N {base}/api/v1/adapter/events\n"
+            f"  curl {base}/metrics",
             flush=True,
         )
         install_event_loop_policy()
-        asyncio.run(serve(config))
+        try:
+            asyncio.run(serve(config))
+        except ListenError as exc:
+            print(f"hal0proxy demo: {exc}", file=sys.stderr)
+            return 1
         return 0
     finally:
         emulator.terminate()
@@ -319,5 +391,5 @@ def run_check_config(path: str) -> int:
     except ConfigError as exc:
         print(f"{path}: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    print(f"{path}: OK ({len(config.slots)} slot(s), listen {config.listen[0]}:{config.listen[1]})")
+    print(f"{path}: OK ({len(config.slots)} slot(s), listen {host_port(*config.listen)})")
     return 0

@@ -7,19 +7,28 @@ import sys
 from collections.abc import Sequence
 
 from hal0proxy import __version__
+from hal0proxy.config import LISTEN_RULE, MAX_PORT, parse_listen
+
+_PORT_RULE = f"must be a port 1-{MAX_PORT}"
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    listen = parse_listen(value)
+    if listen is None:
+        raise argparse.ArgumentTypeError(f"{LISTEN_RULE} (got {value!r})")
+    return listen
+
+
+def _parse_port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{_PORT_RULE} (got {value!r})")
+    return int(value)
 
 
 def _parse_static_route(value: str) -> tuple[str, int]:
     name, sep, port = value.partition("=")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected MODEL=PORT, got {value!r}")
+    if not sep or not name or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be MODEL=PORT with PORT 1-{MAX_PORT} (got {value!r})")
     return name, int(port)
 
 
@@ -29,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy in front of lemond")
-    serve.add_argument("--listen", type=_parse_listen, default=None, help="HOST:PORT (default 127.0.0.1:8080)")
+    # --listen and --lemond are checked with the file's keys, so their errors read the same.
+    serve.add_argument("--listen", default=None, help="HOST:PORT (default 127.0.0.1:8080; port 0: any free port)")
     serve.add_argument("--lemond", default=None, help="lemond base URL (default http://127.0.0.1:13305)")
     serve.add_argument("--config", default=None, help="TOML configuration file")
     serve.add_argument(
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the lemond emulator (fake children) and the proxy together")
     demo.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 8080), help="HOST:PORT of the proxy")
-    demo.add_argument("--emulator-port", type=int, default=13305, help="port of the lemond emulator")
+    demo.add_argument("--emulator-port", type=_parse_port, default=13305, help="port of the lemond emulator")
 
     sub.add_parser("emulate", help="run the lemond emulator (see `hal0proxy emulate --help`)", add_help=False)
 
@@ -62,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return app.run_serve(args)
     if args.command == "demo":
-        host, port = args.listen
-        print(f"status page: http://{host}:{port}/  (Ctrl-C stops the proxy and the emulator)", flush=True)
+        status_page = f"http://{app.host_port(*args.listen)}/"
+        print(f"status page: {status_page}  (Ctrl-C stops the proxy and the emulator)", flush=True)
         return app.run_demo(args)
     if args.command == "check-config":
         return app.run_check_config(args.file)

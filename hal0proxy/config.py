@@ -12,17 +12,53 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hal0proxy.slots.names import SLOT_NAME_RE
 
 DEFAULT_LEMOND_URL = "http://127.0.0.1:13305"
 COLD_START_MODES = ("wait", "reject")
 MODEL_TYPES = ("llm", "embedding", "reranking", "transcription", "tts", "image", "classification")
-_LISTEN_RE = re.compile(r"^\[?[0-9A-Za-z.:-]*\]?:\d{1,5}$")
+# HOST:PORT with an IPv6 host in brackets ([::1]:8080); an empty host means loopback. At most
+# five digits, so the range check below sees every port a user may mean (never a wrapped one).
+_HOST_PORT_RE = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Za-z:.%]+)\]|(?P<host>[0-9A-Za-z.-]*)):(?P<port>\d{1,5})$")
+MAX_PORT = 65535
+LISTEN_RULE = "must be HOST:PORT with PORT 1-65535, or 0 for any free port"
+URL_RULE = "must be an http:// or https:// URL with a host and PORT 1-65535"
 
 
 class ConfigError(ValueError):
     """Raised with every problem found, one per line."""
+
+
+def problem_line(key: str, rule: str, value: object) -> str:
+    """One line of a ``ConfigError``: ``key: rule (got value)``."""
+    return f"{key}: {rule} (got {value!r})"
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` as (host, port), or ``None`` when it breaks ``LISTEN_RULE``.
+
+    Port 0 asks the kernel for any free port; the listening line printed at start names the
+    port it chose. Nothing above 65535 is accepted: the socket layer would keep only the low
+    16 bits and listen somewhere else than the file says.
+    """
+    found = _HOST_PORT_RE.match(text)
+    if found is None or int(found["port"]) > MAX_PORT:
+        return None
+    return found["ipv6"] or found["host"] or "127.0.0.1", int(found["port"])
+
+
+def parse_lemond_url(text: str) -> str | None:
+    """The base URL without a trailing slash, or ``None`` when it breaks ``URL_RULE``."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # ValueError when not a number or out of 0-65535
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return None
+    return text.rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +147,8 @@ def _one_of(options: tuple[str, ...]) -> Any:
 
 
 _TOP = {
-    "listen": ((str,), lambda v: None if _LISTEN_RE.match(v) else "must be HOST:PORT"),
-    "lemond_url": ((str,), lambda v: None if v.startswith(("http://", "https://")) else "must be an http:// URL"),
+    "listen": ((str,), lambda v: None if parse_listen(v) else LISTEN_RULE),
+    "lemond_url": ((str,), lambda v: None if parse_lemond_url(v) else URL_RULE),
     "admin_token_file": ((str,), None),
     "admin_token_env": ((str,), None),
     "api_keys": ((list,), lambda v: None if all(isinstance(k, str) and k for k in v) else "must be non-empty strings"),
@@ -232,13 +268,10 @@ def parse_config(doc: dict[str, Any], env: dict[str, str] | None = None) -> Conf
     if errors:
         raise ConfigError("\n".join(errors))
 
-    listen = ("127.0.0.1", 8080)
-    if "listen" in top:
-        host, _, port = top["listen"].rpartition(":")
-        listen = (host.strip("[]") or "127.0.0.1", int(port))
+    listen = parse_listen(top["listen"]) if "listen" in top else None
     return Config(
-        listen=listen,
-        lemond_url=top.get("lemond_url", DEFAULT_LEMOND_URL).rstrip("/"),
+        listen=listen or ("127.0.0.1", 8080),
+        lemond_url=parse_lemond_url(top.get("lemond_url", DEFAULT_LEMOND_URL)) or DEFAULT_LEMOND_URL,
         admin_token=admin_token,
         api_keys=tuple(api_keys),
         forward_conversation_id=top.get("forward_conversation_id", False),

@@ -7,7 +7,8 @@ values in the returned configuration, so nothing half-applies:
 
 - live: every ``[limits]`` key (new client connections take the new header and body limits;
   the others are read per request), ``api_keys``, ``forward_conversation_id``, every
-  ``[policy]`` key, and per slot ``idle_timeout_s``, ``cold_start``, ``max_wait_s`` and its
+  ``[policy]`` key (the composition root hands the ``hang_*`` ones to the running hang
+  watch), and per slot ``idle_timeout_s``, ``cold_start``, ``max_wait_s`` and its
   load options (``ctx_size``, ``llamacpp_backend``, ``llamacpp_args``, ``pinned``: used at
   the slot's next load);
 - restart: ``listen``, ``lemond_url``, the admin token, slots added or removed, a slot's

@@ -15,18 +15,25 @@ from hal0proxy.emulator.server import Emulator
 __all__ = ["build_parser", "config_from_args", "main"]
 
 
+def _port(value: str) -> int:
+    """A TCP port 1-65535: a larger number would be cut to its low 16 bits by the socket layer."""
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port 1-65535 (got {value!r})")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hal0proxy emulate", description="A lemond emulator with real child processes.")
     p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=13305)
-    p.add_argument("--child-port-base", type=int, default=8001)
+    p.add_argument("--port", type=_port, default=13305)
+    p.add_argument("--child-port-base", type=_port, default=8001)
     p.add_argument("--max-loaded-models", type=int, default=1, help="per model type; -1 = unlimited")
     p.add_argument("--catalog", type=Path, default=None, help="models file (JSON or .toml)")
     p.add_argument("--children", choices=("fake", "llama-server"), default="fake")
     p.add_argument("--llama-server", type=Path, default=None, help="real binary (default: built on demand)")
     p.add_argument("--lemond-version", choices=SUPPORTED_VERSIONS, default="11.7")
     p.add_argument("--no-websocket", action="store_true", help="no WebSocket server at all")
-    p.add_argument("--websocket-port-base", type=int, default=9000)
+    p.add_argument("--websocket-port-base", type=_port, default=9000)
     p.add_argument("--unload-pause-seconds", type=float, default=2.0)
     p.add_argument("--fake-tokens-per-second", type=float, default=0.0, help="0 = as fast as possible")
     p.add_argument("--fake-close-after-stream", action="store_true")

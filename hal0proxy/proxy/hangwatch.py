@@ -81,6 +81,15 @@ class HangWatch:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="hang-watch")
 
+    def update(self, settings: HangSettings) -> None:
+        """A configuration reload: exchanges already watched are judged by the new thresholds
+        from the next tick (their silence so far counts). A probe already scheduled further
+        out than the new interval allows is brought forward to it."""
+        self.settings = settings
+        latest = asyncio.get_running_loop().time() + settings.probe_interval_s
+        for state in self._ports.values():
+            state.next_probe_at = min(state.next_probe_at, latest)
+
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._probes) if t is not None]
         self._task = None
