@@ -109,7 +109,9 @@ def test_a_rebound_host_cannot_read_what_the_status_page_reads(proxy: ProxyProce
     _assert_forbidden(proxy.request("GET", path, headers={"Host": f"{EVIL}:{proxy.port}"}), "loopback host")
 
 
-@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:80", "proxy.localhost:9", "127.0.0.1", "127.1.2.3:5", "[::1]"])
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST:80", "proxy.localhost:9", "127.0.0.1", "127.1.2.3:5", "[::1]"]
+)
 def test_loopback_host_names_are_served(proxy: ProxyProcess, host: str) -> None:
     status, _, body = proxy.request("GET", "/api/slots", headers={"Host": host})
     assert status == 200 and any(s["name"] == "rerank" for s in json.loads(body)), body
