@@ -127,6 +127,9 @@ class Controller:
         self._started = False
         self._models_task: asyncio.Task[bool] | None = None
         self._left_ready: dict[str, float] = {}  # slot -> when lemond took it away from ready
+        # Warm slots whose warm-up is over (reached a loaded state once, or the load failed):
+        # from then on being unloaded or evicted is normal operation, not unreadiness.
+        self._warmed: set[str] = set()
         # The proxy's own unloads, so the eviction line lemond logs after one is not lemond's.
         self._unloads = UnloadLedger()
         shared = ControlShared(adapter, self.registry, self.journal, self._current_config, clock)
@@ -180,6 +183,7 @@ class Controller:
     def _rewarm(self) -> None:
         if not self._started:
             return
+        self._warmed.clear()  # lemond came back (or restarted): its warm-up is a new start
         self._warm()
         if self._models_task is None or self._models_task.done():
             # lemond's model list may have been unknown (it was down) or changed (restarted).
@@ -197,12 +201,23 @@ class Controller:
         await self.adapter.stop()
 
     def ready(self) -> tuple[bool, list[str]]:
-        """``/readyz``: lemond reachable and every warm slot dispatchable. Adopted models are
-        reported too (as warnings: they do not make the proxy unready)."""
+        """``/readyz``: lemond reachable (its health answered, so the adapter is synced) and the
+        warm-up finished: every warm slot reached a loaded state once since the start (or since
+        lemond came back), or its load failed. After that a warm slot that is offline because
+        it was evicted or unloaded is normal operation (the next request loads it again), not
+        a reason to take the proxy out of rotation; a slot in ``error`` still is. Adopted
+        models are reported too (as warnings: they do not make the proxy unready)."""
         problems = [] if self.adapter.reachable else ["lemond is not answering /v1/health"]
         for slot in self.registry.all():
-            if slot.config is not None and slot.config.warm and not slot.status.dispatchable:
-                problems.append(f"slot {slot.name} is {slot.status.state}")
+            if slot.config is None or not slot.config.warm:
+                continue
+            state = slot.status.state
+            if state in LOADED:
+                self._warmed.add(slot.name)
+            if state is SlotState.ERROR:
+                problems.append(f"slot {slot.name} is {state}")
+            elif slot.name not in self._warmed:
+                problems.append(f"slot {slot.name} is {state} (warm-up not finished)")
         return not problems, problems + self.recovery.adoption_warnings()
 
     def stats_snapshot(self) -> ControlStats:
@@ -227,6 +242,12 @@ class Controller:
     def slot(self, name: str) -> Slot | None:
         """The slot named ``name``, or ``None`` when there is none."""
         return self.registry.get(name)
+
+    async def find_slot(self, name: str) -> Slot | Unresolved:
+        """The slot ``name`` names as a request's ``model`` would: a slot, a slot's model, or
+        a model lemond has loaded or can load (which then gets a slot of its own, as a cold
+        request's would); else why not (``Unresolved``: unknown, or lemond down)."""
+        return await self.catalog.resolve(Classified(name, (), b"", False))
 
     def subscribe_events(self) -> Subscription:
         """Slot and lemond events from now on; ``close()`` it when done. A subscriber that
@@ -393,6 +414,8 @@ class Controller:
 
     def _on_state_change(self, slot: Slot, before: SlotState) -> None:
         status = slot.status
+        if slot.config is not None and slot.config.warm and status.state in (*LOADED, SlotState.ERROR):
+            self._warmed.add(slot.name)  # its warm-up is over (see ``ready``)
         if before in LOADED and status.state in (SlotState.OFFLINE, SlotState.ERROR):
             self._left_ready[slot.name] = self.clock()  # evicted or crashed behind the proxy's back
         elif status.state is SlotState.READY and slot.name in self._left_ready:

@@ -79,34 +79,56 @@ def test_hostile_request(rig: tuple[ProxyProcess, ScriptedChild], case: Case) ->
 
 # Names and the admin API need the control plane: a proxy in front of the lemond emulator,
 # with an admin token, so that names are checked before anything else and auth after that.
+# A request trusted for coming from loopback must name a loopback host (DNS rebinding), so
+# these name one.
 ADMIN_TOKEN = "s3cret-token"
+
+
+def admin_request(method: str, path: str, headers: list[tuple[str, str]] | None = None) -> bytes:
+    return request(method, path, headers=headers).replace(b"Host: t\r\n", b"Host: localhost\r\n", 1)
+
+
 NAMED = [
-    Case("name_uppercase", request("GET", "/api/slots/UPPER"), 400, "slot.invalid_name", False, method=b"GET"),
-    Case("name_dotdot", request("GET", "/api/slots/..%2f..%2fetc"), 400, "slot.invalid_name", False, method=b"GET"),
-    Case("name_dot", request("GET", "/api/slots/a.b"), 400, "slot.invalid_name", False, method=b"GET"),
-    Case("name_33_chars", request("GET", "/api/slots/" + "a" * 33), 400, "slot.invalid_name", False, method=b"GET"),
-    Case("name_leading_dash", request("GET", "/api/slots/-a"), 400, "slot.invalid_name", False, method=b"GET"),
-    Case("name_encoded_space", request("GET", "/api/slots/a%20b"), 400, "slot.invalid_name", False, method=b"GET"),
+    # A slot segment may be any lemond model name: only what cannot name anything is refused.
+    Case("name_uppercase", admin_request("GET", "/api/slots/UPPER"), 404, "slot.not_found", False, method=b"GET"),
     Case(
-        "name_non_ascii",
-        b"GET /api/slots/\xc3\xa9 HTTP/1.1\r\nHost: t\r\n\r\n",
+        "name_dotdot", admin_request("GET", "/api/slots/..%2f..%2fetc"), 400, "slot.invalid_name", False, method=b"GET"
+    ),
+    Case("name_dot", admin_request("GET", "/api/slots/a.b"), 404, "slot.not_found", False, method=b"GET"),
+    Case(
+        "name_257_chars",
+        admin_request("GET", "/api/slots/" + "a" * 257),
         400,
         "slot.invalid_name",
         False,
         method=b"GET",
     ),
-    Case("name_checked_before_auth", request("POST", "/api/slots/BAD/load"), 400, "slot.invalid_name", False),
-    Case("admin_without_token", request("POST", "/api/slots/primary/load"), 401, "auth.required", False),
+    Case("name_leading_dash", admin_request("GET", "/api/slots/-a"), 404, "slot.not_found", False, method=b"GET"),
+    Case(
+        "name_encoded_space", admin_request("GET", "/api/slots/a%20b"), 400, "slot.invalid_name", False, method=b"GET"
+    ),
+    Case("name_encoded_nul", admin_request("GET", "/api/slots/a%00b"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case("name_not_utf8", admin_request("GET", "/api/slots/a%ffb"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case(
+        "name_non_ascii",
+        b"GET /api/slots/\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        404,
+        "slot.not_found",
+        False,
+        method=b"GET",
+    ),
+    Case("name_checked_before_auth", admin_request("POST", "/api/slots/a%2Fb/load"), 400, "slot.invalid_name", False),
+    Case("admin_without_token", admin_request("POST", "/api/slots/primary/load"), 401, "auth.required", False),
     Case(
         "admin_wrong_token",
-        request("POST", "/api/slots/primary/load", headers=[("Authorization", "Bearer nope")]),
+        admin_request("POST", "/api/slots/primary/load", headers=[("Authorization", "Bearer nope")]),
         403,
         "auth.forbidden",
         False,
     ),
     Case(
         "admin_wrong_method",
-        request("DELETE", "/api/slots/primary"),
+        admin_request("DELETE", "/api/slots/primary"),
         405,
         "request.method_not_allowed",
         False,
@@ -114,14 +136,23 @@ NAMED = [
     ),
     Case(
         "admin_get_on_action",
-        request("GET", "/api/slots/primary/load"),
+        admin_request("GET", "/api/slots/primary/load"),
         405,
         "request.method_not_allowed",
         False,
         method=b"GET",
     ),
-    Case("admin_unknown_slot", request("GET", "/api/slots/nope"), 404, "slot.not_found", False, method=b"GET"),
-    Case("admin_deep_path", request("GET", "/api/slots/primary/x/y"), 404, "resource.not_found", False, method=b"GET"),
+    Case("admin_unknown_slot", admin_request("GET", "/api/slots/nope"), 404, "slot.not_found", False, method=b"GET"),
+    # A page rebinding its own name to 127.0.0.1 sends that name as Host: refused, not read.
+    Case("admin_rebound_host", request("GET", "/api/slots/primary"), 403, "auth.forbidden", False, method=b"GET"),
+    Case(
+        "admin_deep_path",
+        admin_request("GET", "/api/slots/primary/x/y"),
+        404,
+        "resource.not_found",
+        False,
+        method=b"GET",
+    ),
 ]
 
 

@@ -90,7 +90,7 @@ def test_sigterm_closes_event_subscribers_with_a_final_event_at_once() -> None:
         subscribers = []
         for version in ("1.1", "1.0"):
             conn = Conn(proxy.port, timeout=30)
-            conn.send(f"GET /api/v1/adapter/events HTTP/{version}\r\nHost: t\r\n\r\n".encode())
+            conn.send(f"GET /api/v1/adapter/events HTTP/{version}\r\nHost: localhost\r\n\r\n".encode())
             while b"event: snapshot" not in conn.buf:
                 assert conn._more()
             subscribers.append(conn)

@@ -221,10 +221,16 @@ def test_admin_auth_and_slot_name_validation(emulator: EmulatorProcess, tmp_path
     token_file.write_text("s3cret\n")
     config = f'admin_token_file = "{token_file}"\n' + slot_toml("primary", SMALL)
     with start_proxy(emulator.base_url, config) as proxy:
-        for name in ("..", "..%2F..%2Fetc", "UPPER", "-x", "a" * 40, "a%00b"):
+        for name in ("..", "..%2F..%2Fetc", "a%20b", "a" * 257, "a%00b"):
             status, _, body = proxy.request("POST", f"/api/slots/{name}/load")
             assert status == 400, name
             assert json.loads(body)["error"]["code"] == "slot.invalid_name"
+        # Names that could be lemond model names are looked up (after auth) and not found.
+        for name in ("UPPER", "-x", "a" * 40):
+            status, _, body = proxy.request(
+                "POST", f"/api/slots/{name}/load", headers={"Authorization": "Bearer s3cret"}
+            )
+            assert status == 404 and json.loads(body)["error"]["code"] == "slot.not_found", (name, body)
         assert emulator.state()["load_requests"] == {}  # rejected before any work
         status, _, body = proxy.request("POST", "/api/slots/primary/load")
         assert status == 401 and json.loads(body)["error"]["code"] == "auth.required"
