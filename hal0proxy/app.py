@@ -214,6 +214,7 @@ class Proxy:
         self.hang_watch.update(hang_settings_from(plan.config))
         if self.controller is not None:
             self.controller.config = plan.config
+            self.controller.registry.defaults.idle_timeout_s = plan.config.policy.idle_timeout_s
             for cfg in plan.config.slots:
                 slot = self.controller.registry.get(cfg.name)
                 if slot is not None and slot.config != cfg:

@@ -295,3 +295,28 @@ def test_restart_only_keys_keep_their_running_values() -> None:
         assert "configuration reload refused" in text and "PORT 1-65535" in text, text
         status, _, body = chat(proxy, "alpha")
         assert status == 200, body
+
+
+# ---------------------------------------------------------------------------------- [policy] for unnamed models
+def test_policy_idle_timeout_reaches_models_no_slot_names() -> None:
+    """``policy.idle_timeout_s`` covers a model requested by its lemond name (no ``[[slot]]``),
+    at start and after a reload (it used to apply to configured slots only)."""
+    with start_emulator() as emu, start_proxy(emu.base_url, "") as proxy:
+        status, _, body = chat(proxy, SMALL)
+        assert status == 200, body
+        time.sleep(2.5)  # two idle passes: never unloaded with the default 0
+        assert SMALL in emu.loaded()
+        text = reload(proxy, "[policy]\nidle_timeout_s = 1\n")
+        assert "policy.idle_timeout_s" in text, text
+        assert wait_until(lambda: SMALL not in emu.loaded(), 15), emu.loaded()
+        assert proxy.slots()[SMALL]["idle_timeout_s"] == 1
+
+
+def test_policy_default_load_s_is_the_first_retry_after() -> None:
+    """Before a model's load was ever measured, ``Retry-After`` is ``policy.default_load_s``."""
+    policy = '[policy]\ncold_start = "reject"\ndefault_load_s = 40\n'
+    with start_emulator() as emu, start_proxy(emu.base_url, policy) as proxy:
+        emu.post("/_emu/slow_load", {"model_name": SMALL, "seconds": 5})
+        status, headers, body = chat(proxy, SMALL)
+        assert status == 503 and error_code(body) == "slot.loading", body
+        assert 30 <= int(headers["retry-after"]) <= 40, headers

@@ -30,7 +30,7 @@ from hal0proxy.control.journal import Journal, Subscription, event_fields
 from hal0proxy.control.loading import Loading
 from hal0proxy.control.pins import InFlightPins
 from hal0proxy.control.recovery import LoadFailure, Recovery
-from hal0proxy.control.registry import Slot, SlotRegistry
+from hal0proxy.control.registry import PolicyDefaults, Slot, SlotRegistry
 from hal0proxy.control.room import Room
 from hal0proxy.control.shared import ControlShared
 from hal0proxy.control.state_feed import SlotStateFeed
@@ -121,7 +121,9 @@ class Controller:
         self.journal = journal or Journal()
         self.clock = clock
         self._state_feed = SlotStateFeed(self.journal, clock)
-        self.registry = SlotRegistry(config.slots, on_change=self._on_state_change)
+        self.registry = SlotRegistry(
+            config.slots, on_change=self._on_state_change, defaults=PolicyDefaults(config.policy.idle_timeout_s)
+        )
         self.hooks = ControlHooks()  # bound after construction (metrics), so read at use
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False

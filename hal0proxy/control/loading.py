@@ -84,7 +84,8 @@ class Loading:
 
     def retry_after(self, slot: Slot) -> int:
         """The ``Retry-After`` seconds for a request that finds ``slot`` loading."""
-        return self.load_times.retry_after_s(slot.model, self._load_started.get(slot.model), self._clock())
+        started = self._load_started.get(slot.model)
+        return self.load_times.retry_after_s(slot.model, started, self._clock(), self._config().policy.default_load_s)
 
     def ensure_loading(self, slot: Slot) -> asyncio.Task[None]:
         """The load task of ``slot``'s model: the one under way, or a new one."""

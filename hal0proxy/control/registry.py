@@ -48,6 +48,14 @@ def type_from_labels(labels: Iterable[str]) -> str:
 
 
 @dataclass(slots=True)
+class PolicyDefaults:
+    """The ``[policy]`` values a slot that no ``[[slot]]`` names falls back on. The registry's
+    slots share one instance, so a configuration reload reaches every one of them."""
+
+    idle_timeout_s: float = 0.0
+
+
+@dataclass(slots=True)
 class Slot:
     name: str
     model: str
@@ -56,10 +64,11 @@ class Slot:
     adopted: bool = False
     status: SlotStatus = field(default_factory=SlotStatus)
     last_used_wall: float | None = None  # epoch seconds, for the admin API
+    defaults: PolicyDefaults = field(default_factory=PolicyDefaults)
 
     @property
     def idle_timeout_s(self) -> float:
-        return self.config.idle_timeout_s if self.config else 0.0
+        return self.config.idle_timeout_s if self.config else self.defaults.idle_timeout_s
 
     @property
     def pinned(self) -> bool:
@@ -72,7 +81,13 @@ StateListener = Callable[[Slot, SlotState], None]
 
 
 class SlotRegistry:
-    def __init__(self, configured: Iterable[SlotConfig], on_change: StateListener | None = None) -> None:
+    def __init__(
+        self,
+        configured: Iterable[SlotConfig],
+        on_change: StateListener | None = None,
+        defaults: PolicyDefaults | None = None,
+    ) -> None:
+        self.defaults = PolicyDefaults() if defaults is None else defaults
         self._slots: dict[str, Slot] = {}
         self._by_model: dict[str, list[Slot]] = {}
         self._on_change = on_change
@@ -182,6 +197,7 @@ class SlotRegistry:
             self._add(Slot(name=model, model=model, type=self.type_of(model), adopted=True))
 
     def _add(self, slot: Slot) -> Slot:
+        slot.defaults = self.defaults
         slot.status = slot.status._replace(model=slot.model)
         self._slots[slot.name] = slot
         self._by_model.setdefault(slot.model, []).append(slot)

@@ -122,15 +122,18 @@ def choose_room_victim(
     return UnloadAction(victim.name, victim.model, "room")
 
 
-def retry_after_s(load_history_s: Sequence[float], started_at: float | None, now: float) -> int:
+def retry_after_s(
+    load_history_s: Sequence[float], started_at: float | None, now: float, default_s: float = DEFAULT_LOAD_S
+) -> int:
     """Seconds a client should wait for a model that is loading (``Retry-After``).
 
-    The expected load time is the median of the model's measured loads (``DEFAULT_LOAD_S``
-    before the first); the time already spent on the load in progress is subtracted.
+    The expected load time is the median of the model's measured loads (``default_s``, the
+    ``policy.default_load_s`` setting, before the first); the time already spent on the load
+    in progress is subtracted.
     Always at least 1 and at most ``MAX_RETRY_AFTER_S``.
     """
     samples = [s for s in load_history_s if s >= 0 and math.isfinite(s)]
-    expected = statistics.median(samples) if samples else DEFAULT_LOAD_S
+    expected = statistics.median(samples) if samples else default_s
     elapsed = max(0.0, now - started_at) if started_at is not None else 0.0
     remaining = expected - elapsed
     if not math.isfinite(remaining):
@@ -167,8 +170,8 @@ class LoadTimes:
     def history(self, model: str) -> tuple[float, ...]:
         return tuple(self._samples.get(model, ()))
 
-    def retry_after_s(self, model: str, started_at: float | None, now: float) -> int:
-        return retry_after_s(self.history(model), started_at, now)
+    def retry_after_s(self, model: str, started_at: float | None, now: float, default_s: float = DEFAULT_LOAD_S) -> int:
+        return retry_after_s(self.history(model), started_at, now, default_s)
 
     def __len__(self) -> int:
         return len(self._samples)
