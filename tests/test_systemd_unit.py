@@ -27,6 +27,8 @@ REQUIRED = {
     "Service": {
         "ExecStart": f"{INSTALLED_BIN} serve --config {CONFIG}",
         "Restart": "on-failure",
+        "RestartPreventExitStatus": "2",
+        "TimeoutStopSec": "40",  # past the default 30 s shutdown grace, so the drain ends cleanly
         "LimitNOFILE": "65536",
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
