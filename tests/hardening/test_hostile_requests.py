@@ -2,9 +2,8 @@
 
 For every case: the exact status line (RFC 9110's reason phrase) and error envelope, whether
 the connection is closed (or, when it must stay open, that it still serves a request in
-step), how many requests reached
-the child — none for every smuggling form — and that another client is served normally
-right after.
+step), how many requests reached the child — none for every smuggling form — and that another
+client is served normally right after.
 """
 
 from __future__ import annotations
