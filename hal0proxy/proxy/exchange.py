@@ -343,7 +343,8 @@ class Exchange:
             self._fail(ProxyError(504, "upstream.timeout", "the model server did not answer in time"))
 
     def client_gone(self) -> None:
-        """The client connection is lost: stop the child generating, let go of everything."""
+        """The client left (its connection is lost, or it sent its FIN while this exchange was
+        in flight): stop the child generating, let go of everything. Idempotent."""
         if self._drop_upstream():
             self._ctx.stats.client_disconnects += 1
         if self._state not in ENDS:
