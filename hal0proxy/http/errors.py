@@ -34,7 +34,11 @@ _TYPES: dict[int, str] = {
     504: "timeout_error",
 }
 
+# The reason phrase of every status the proxy writes itself, as RFC 9110 §15 names it (one
+# table: the status line of a local answer, of an error, and of a child's head that came
+# without a phrase). A status missing here gets an empty phrase, which RFC 9112 §4 allows.
 REASONS: dict[int, bytes] = {
+    100: b"Continue",
     200: b"OK",
     201: b"Created",
     202: b"Accepted",
@@ -56,6 +60,7 @@ REASONS: dict[int, bytes] = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -69,6 +74,7 @@ class ProxyError(HttpProblem):
         message: str,
         details: Mapping[str, Any] | None = None,
         retry_after_s: int | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         super().__init__(message, status, code)
         self.status = status
@@ -76,15 +82,17 @@ class ProxyError(HttpProblem):
         self.message = message
         self.details = dict(details or {})
         self.retry_after_s = retry_after_s
+        self.headers = headers  # further fields of the answer (lower-case names), e.g. WWW-Authenticate
 
     def body(self) -> bytes:
         return error_body(self.status, self.code, self.message, self.details)
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         # Retry-After only makes sense on 503 (hal0 behaviour; the OpenAI SDK honours it).
+        extra = list(self.headers)
         if self.retry_after_s is not None and self.status == 503:
-            return [(b"retry-after", str(max(1, int(self.retry_after_s))).encode())]
-        return []
+            extra.append((b"retry-after", str(max(1, int(self.retry_after_s))).encode()))
+        return extra
 
 
 def as_proxy_error(problem: HttpProblem) -> ProxyError:
@@ -109,7 +117,13 @@ def error_body(status: int, code: str, message: str, details: Mapping[str, Any] 
 
 
 def reason_phrase(status: int) -> bytes:
-    return REASONS.get(status, b"Unknown")
+    return REASONS.get(status, b"")
+
+
+def head_only(response: bytes) -> bytes:
+    """The head of a complete serialised response, which is all a HEAD request gets: RFC 9110
+    §9.3.2 (no content; the Content-Length stays the one the GET would have)."""
+    return response[: response.index(b"\r\n\r\n") + 4]
 
 
 def simple_response(

@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any, cast
 
-from hal0proxy.http.errors import ProxyError, error_response
+from hal0proxy.http.errors import ProxyError, error_response, head_only
 from hal0proxy.http.messages import FullResponse, HttpRequest, StreamResponse
 from hal0proxy.proxy.context import ProxyContext
 from hal0proxy.proxy.exchange import Exchange
@@ -52,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
         "_keep_alive",
         "_local_stream",
         "_loop",
+        "_peer_eof",
         "_peer_host",
         "_processing",
         "_reader",
@@ -74,6 +75,7 @@ class ClientConnection(asyncio.Protocol):
         # Per-connection state
         self._transport: asyncio.Transport | None = None
         self._peer_host: str | None = None
+        self._peer_eof = False  # the client sent FIN while a request was being answered
         self._reader = RequestReader(ctx.settings.max_header_bytes, ctx.settings.max_body_bytes, None)
         self._flow = FlowControl()
         self._buffered = 0  # pipelined bytes received while a request is answered
@@ -171,13 +173,28 @@ class ClientConnection(asyncio.Protocol):
             self._timer.arm(self._ctx.settings.request_timeout_s, REQUEST)
 
     def eof_received(self) -> bool | None:
+        """The client sent FIN. Idle, or in the middle of a request head: the connection closes
+        (after answering what the EOF completed or broke). While a forwarded request is in
+        flight (waiting for a route or a load, for the child's head, or relaying its body) or a
+        local event stream is open, the client has left, as nginx reads it by default
+        (``proxy_ignore_client_abort off``, 499): the exchange ends as if the connection were
+        lost, so the child connection is aborted at once and llama-server stops generating,
+        instead of being held until the child finishes. A client that half-closes after its
+        request therefore gets no answer. A local answer being prepared (``/api/slots``, an
+        admin load) is still written to the half-open connection, then it closes."""
         if self._refused:
             return None
         self._reader.feed_eof()
         if self._req is None:
             self._process_events()  # a request may have been completed by this EOF
-        # Keep the transport half-open while a response is still being produced.
-        return self._req is not None
+            if self._req is None:
+                return None
+        self._peer_eof = True
+        if self.exchange is not None or self._local_stream:
+            self._client_left()
+            return None  # the transport closes itself; connection_lost does the rest
+        self._keep_alive = False  # nothing pipelined behind it is answered
+        return True  # keep the transport half-open while the local answer is produced
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -189,12 +206,18 @@ class ClientConnection(asyncio.Protocol):
         self._ctx.stats.connections_open -= 1
         self._ctx.connections.discard(self)
         self._timer.drop()
-        if self.exchange is not None:
-            # The client is gone: the exchange closes the child connection so it stops generating.
-            self.exchange.client_gone()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._client_left()
         self._flow.release()
+
+    def _client_left(self) -> None:
+        """End what the client was waiting for (again harmless: an ended exchange ignores it)."""
+        exchange = self.exchange
+        if exchange is not None:
+            # The exchange closes the child connection so it stops generating.
+            exchange.client_gone()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
 
     def pause_writing(self) -> None:
         exchange = self.exchange
@@ -319,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
             self._send_error(err)
             return
         self._status = 200
-        self.write(data)
+        self.answer(data)
         self._response_done()
 
     # ------------------------------------------------------------------ local endpoints
@@ -332,7 +355,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if isinstance(response, FullResponse):
             self._status = int(response.data[9:12])
-            self.write(response.data)
+            self.answer(response.data)
+        elif self._peer_eof:
+            # An event stream for a client that left while it was being set up: never started.
+            if response.on_close is not None:
+                response.on_close()
+            self._close()
+            return
         else:
             await self._stream_local(response)
             if self._closed:
@@ -341,12 +370,13 @@ class ClientConnection(asyncio.Protocol):
 
     async def _stream_local(self, response: StreamResponse) -> None:
         self._status = response.status
-        plain = self._req is not None and self._req.http_version == b"1.0"
+        req = self._req
+        plain = req is not None and req.http_version == b"1.0"
         if plain:
             self._keep_alive = False
         self._local_stream = True
         try:
-            await relay_local_stream(response, self, plain)
+            await relay_local_stream(response, self, plain, head_only=req is not None and req.method == b"HEAD")
         finally:
             self._local_stream = False
 
@@ -367,6 +397,12 @@ class ClientConnection(asyncio.Protocol):
         if self._transport is not None and not self._closed:
             self._transport.write(data)
 
+    def answer(self, data: bytes) -> None:
+        """Write a complete answer the proxy authored itself (a local endpoint's, an error):
+        to a HEAD request only its head, with the Content-Length a GET would get."""
+        req = self._req
+        self.write(head_only(data) if req is not None and req.method == b"HEAD" else data)
+
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
@@ -374,7 +410,7 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ completion
     def _send_error(self, err: ProxyError) -> None:
         self._status = err.status
-        self.write(error_response(err, keep_alive=self._keep_alive))
+        self.answer(error_response(err, keep_alive=self._keep_alive))
         self._response_done()
 
     def _response_done(self) -> None:

@@ -53,6 +53,7 @@ class ExchangeOwner(Protocol):
     """What an exchange needs from its client connection."""
 
     def write(self, data: bytes) -> None: ...  # to the client, unless it is gone
+    def answer(self, data: bytes) -> None: ...  # a complete answer of the proxy's own (HEAD: its head only)
     def abort(self) -> None: ...  # cut the client connection: a response under way cannot end honestly
 
     # The response is complete on the wire: account for it and take the next request.
@@ -342,7 +343,8 @@ class Exchange:
             self._fail(ProxyError(504, "upstream.timeout", "the model server did not answer in time"))
 
     def client_gone(self) -> None:
-        """The client connection is lost: stop the child generating, let go of everything."""
+        """The client left (its connection is lost, or it sent its FIN while this exchange was
+        in flight): stop the child generating, let go of everything. Idempotent."""
         if self._drop_upstream():
             self._ctx.stats.client_disconnects += 1
         if self._state not in ENDS:
@@ -361,7 +363,7 @@ class Exchange:
             self._move(_CANCELLED)
             err = ProxyError(503, "proxy.shutting_down", "the proxy is shutting down", retry_after_s=1)
             self.status = err.status
-            self._owner.write(error_response(err, keep_alive=False))
+            self._owner.answer(error_response(err, keep_alive=False))
             self._finish()
         elif self._between_events():
             self._ctx.stats.streams_interrupted += 1
@@ -406,7 +408,7 @@ class Exchange:
     def _answer_error(self, err: ProxyError) -> None:
         self._move(_FAILED)
         self.status = err.status
-        self._owner.write(error_response(err, keep_alive=self.keep_alive))
+        self._owner.answer(error_response(err, keep_alive=self.keep_alive))
         self._finish()
 
     def _fail(self, err: ProxyError) -> None:

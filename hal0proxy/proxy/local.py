@@ -64,14 +64,21 @@ class LocalStreamSink(Protocol):
     async def drain(self) -> None: ...
 
 
-async def relay_local_stream(response: StreamResponse, sink: LocalStreamSink, plain: bool) -> None:
+async def relay_local_stream(
+    response: StreamResponse, sink: LocalStreamSink, plain: bool, *, head_only: bool = False
+) -> None:
     """Write a local event stream (head, events, end) until it ends or the connection stops.
 
     Backpressure: each event waits for the client to drain. Shutdown (``sink.ending``) ends
     the subscription with a final event and a proper end of the body; the response's
-    ``on_close`` runs whatever happens.
+    ``on_close`` runs whatever happens. ``head_only`` (a HEAD request, RFC 9110 §9.3.2): the
+    head, and the answer ends there; the stream is never read.
     """
     sink.write(stream_head(response, plain))
+    if head_only:
+        if response.on_close is not None:
+            response.on_close()
+        return
     finished = False
     try:
         async for piece in response.body:

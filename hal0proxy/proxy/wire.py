@@ -13,6 +13,8 @@ from hal0proxy.proxy.settings import ProxySettings
 
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _FRAMING = frozenset({b"content-length"})
+# RFC 9110 §11.6.1: a 401 names the scheme it wants; RFC 6750 §3 gives Bearer's.
+_BEARER_CHALLENGE = ((b"www-authenticate", b"Bearer"),)
 
 
 def check_api_key(req: HttpRequest, keys: tuple[str, ...]) -> None:
@@ -21,7 +23,9 @@ def check_api_key(req: HttpRequest, keys: tuple[str, ...]) -> None:
         return
     value = req.header(b"authorization")
     if value is None or not value.lower().startswith(b"bearer "):
-        raise ProxyError(401, "auth.required", "an API key is required (Authorization: Bearer ...)")
+        raise ProxyError(
+            401, "auth.required", "an API key is required (Authorization: Bearer ...)", headers=_BEARER_CHALLENGE
+        )
     given = value[7:].strip()
     # Compare against every key, in constant time each, so timing reveals nothing.
     if not any(hmac.compare_digest(given, k.encode()) for k in keys):

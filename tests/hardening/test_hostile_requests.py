@@ -1,9 +1,9 @@
 """The hostile-request corpus against a real proxy process and a recording child.
 
-For every case: the exact status and error envelope, whether the connection is closed (or,
-when it must stay open, that it still serves a request in step), how many requests reached
-the child — none for every smuggling form — and that another client is served normally
-right after.
+For every case: the exact status line (RFC 9110's reason phrase) and error envelope, whether
+the connection is closed (or, when it must stay open, that it still serves a request in
+step), how many requests reached the child — none for every smuggling form — and that another
+client is served normally right after.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from tests.hardening.children import ScriptedChild
 from tests.hardening.corpus_requests import CASES, CHAT, Case
 from tests.hardening.wire import one_shot, request
+from tests.http.test_reason_phrases import STANDARD
 from tests.support.emulator import start_emulator
 from tests.support.proxy import ProxyProcess, start_proxy
 
@@ -37,6 +38,10 @@ def rig() -> Iterator[tuple[ProxyProcess, ScriptedChild]]:
         child.stop()
 
 
+def _status_line(head: bytes) -> bytes:
+    return head.split(b"\r\n", 1)[0]
+
+
 def test_corpus_is_large_enough() -> None:
     assert len(CASES) + len(NAMED) >= 80
     assert sum(c.id.startswith("smuggle_") for c in CASES) >= 25
@@ -51,6 +56,7 @@ def test_hostile_request(rig: tuple[ProxyProcess, ScriptedChild], case: Case) ->
     elapsed = time.monotonic() - started
     try:
         assert answer.status == case.status, (answer.status, answer.body[:300])
+        assert _status_line(answer.raw_head) == b"HTTP/1.1 %d %s" % (case.status, STANDARD[case.status])
         # Every refusal is immediate: nothing waits for the 20 s request timeout.
         assert elapsed < 10, elapsed
         if case.code is not None:
@@ -175,6 +181,7 @@ def test_hostile_names_and_admin_requests(named_rig: ProxyProcess, case: Case) -
     answer, conn = one_shot(named_rig.port, case.raw, case.method)
     try:
         assert answer.status == case.status, (answer.status, answer.body[:300])
+        assert _status_line(answer.raw_head) == b"HTTP/1.1 %d %s" % (case.status, STANDARD[case.status])
         error = answer.json()["error"]
         assert error["code"] == case.code and error["message"], error
         conn.send(request("GET", "/healthz"))  # the connection stays open and in step

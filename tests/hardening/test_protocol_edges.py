@@ -96,5 +96,6 @@ def test_http2_preface_gets_505_at_once(rig: tuple[ProxyProcess, ScriptedChild])
     conn.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
     answer = conn.read_answer()
     assert answer.status == 505 and answer.json()["error"]["code"] == "request.http_version"
+    assert answer.raw_head.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
     assert conn.closed_by_peer()
     conn.close()
