@@ -268,7 +268,7 @@ class _StateCollector:
             ("connections_open", "Open client connections", snap.data_plane.connections_open, GaugeMetricFamily),
             (
                 "client_disconnects",
-                "Streams cut by the client",
+                "Forwarded requests the client left (closed or sent its FIN) while the child was answering",
                 snap.data_plane.client_disconnects,
                 CounterMetricFamily,
             ),

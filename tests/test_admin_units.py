@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from hal0proxy.api.admin import AdminApi, AdminError, method_not_allowed
+from hal0proxy.api.admin import AdminApi, method_not_allowed
 from hal0proxy.config import Config
 from hal0proxy.control.controller import Controller
 from hal0proxy.control.journal import Journal
@@ -62,11 +62,12 @@ async def test_loopback_trust_needs_a_loopback_host_and_no_foreign_origin() -> N
 async def test_a_401_names_the_bearer_scheme_and_a_405_the_allowed_methods() -> None:
     controller = Controller(Config(), LemondAdapter("http://127.0.0.1:1", api_key=None))
     missing = _refused(AdminApi(controller, admin_token="t0k"), request("127.0.0.1"))
-    assert isinstance(missing, AdminError) and missing.status == 401
-    assert b"\r\nwww-authenticate: Bearer\r\n" in error_response(missing)
+    assert missing.status == 401
+    wire = error_response(missing)
+    assert wire.count(b"\r\nwww-authenticate: Bearer\r\n") == 1, wire
     refused = method_not_allowed(HttpRequest(b"PUT", b"/healthz", "/healthz", b"", []), frozenset({b"GET", b"HEAD"}))
     wire = error_response(refused)
-    assert wire.startswith(b"HTTP/1.1 405 ") and b"\r\nallow: GET, HEAD\r\n" in wire
+    assert wire.startswith(b"HTTP/1.1 405 ") and wire.count(b"\r\nallow: GET, HEAD\r\n") == 1
 
 
 async def test_a_slow_subscriber_is_dropped_not_waited_for() -> None:

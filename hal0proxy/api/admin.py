@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -30,33 +30,14 @@ from hal0proxy.slots.derive import LOADED
 KEEPALIVE_S = 15.0
 
 
-class AdminError(ProxyError):
-    """A ``ProxyError`` that carries response headers of its own (``Allow`` on 405,
-    ``WWW-Authenticate`` on 401) besides ``Retry-After``."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: Mapping[str, Any] | None = None,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        super().__init__(status, code, message, details)
-        self.headers = list(headers or [])
-
-    def extra_headers(self) -> list[tuple[bytes, bytes]]:
-        return super().extra_headers() + self.headers
-
-
-def method_not_allowed(req: HttpRequest, allowed: frozenset[bytes]) -> AdminError:
+def method_not_allowed(req: HttpRequest, allowed: frozenset[bytes]) -> ProxyError:
     allow = paths.allow_header(allowed)
-    return AdminError(
+    return ProxyError(
         405,
         "request.method_not_allowed",
         f"{req.method.decode('latin-1')} is not allowed on {req.path}; use {allow.decode()}",
         {"path": req.path, "allow": allow.decode()},
-        headers=[(b"allow", allow)],
+        headers=((b"allow", allow),),
     )
 
 
@@ -192,11 +173,11 @@ class AdminApi:
             return
         value = req.header(b"authorization") or b""
         if not value.lower().startswith(b"bearer "):
-            raise AdminError(
+            raise ProxyError(
                 401,
                 "auth.required",
                 "this endpoint needs the admin bearer token",
-                headers=[(b"www-authenticate", b"Bearer")],
+                headers=((b"www-authenticate", b"Bearer"),),
             )
         if not hmac.compare_digest(value[7:].strip(), self.admin_token.encode()):
             raise ProxyError(403, "auth.forbidden", "the admin token is not valid")
