@@ -161,6 +161,7 @@ class Proxy:
             self.metrics.bind(self.controller.stats_snapshot, self.ctx.stats)
         else:
             self.ctx.local = self._static_ops
+            self.metrics.bind(None, self.ctx.stats)
         self.server: asyncio.Server | None = None
 
     async def _static_ops(self, req: HttpRequest) -> LocalResponse:

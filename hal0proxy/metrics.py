@@ -152,10 +152,13 @@ class Metrics:
     def count_eviction(self, reason: str, initiator: str) -> None:
         self.evictions.labels(reason, initiator).inc()
 
-    def bind(self, control: Callable[[], ControlStats], data_plane: DataPlaneStats) -> None:
-        """Read state at scrape time: the control plane's plain ``ControlStats`` and a copy of
-        the data plane's counters, combined into one ``StatsSnapshot``."""
-        self.bind_snapshot(lambda: StatsSnapshot(replace(data_plane), control()))
+    def bind(self, control: Callable[[], ControlStats] | None, data_plane: DataPlaneStats) -> None:
+        """Read state at scrape time: the control plane's plain ``ControlStats`` (none with static
+        routes) and a copy of the data plane's counters, combined into one ``StatsSnapshot``."""
+        if control is None:
+            self.bind_snapshot(lambda: StatsSnapshot(replace(data_plane), None))
+        else:
+            self.bind_snapshot(lambda: StatsSnapshot(replace(data_plane), control()))
 
     def bind_snapshot(self, source: Callable[[], StatsSnapshot]) -> None:
         self._collector = _StateCollector(source)
@@ -212,7 +215,9 @@ class StatsSnapshot:
     """Everything the scrape-time collector exports, as plain numbers."""
 
     data_plane: DataPlaneStats = field(default_factory=DataPlaneStats)  # a copy, never the live counters
-    control: ControlStats = field(default_factory=ControlStats)
+    #: None with static routes: no lemond, no slots, so no lemond or slot figures are exported
+    #: (a constant ``websocket_connected 0`` would fire the WebSocket-down alert).
+    control: ControlStats | None = field(default_factory=ControlStats)
 
 
 class _RequestCollector:
@@ -303,6 +308,15 @@ class _StateCollector:
                 snap.data_plane.upstream_bad_responses,
                 CounterMetricFamily,
             ),
+        )
+        for name, doc, value, family in simple:
+            yield family(f"hal0proxy_{name}", doc, value=value)
+        if control is not None:
+            yield from self._control(control)
+
+    @staticmethod
+    def _control(control: ControlStats) -> Iterator[Metric]:
+        simple = (
             (
                 "websocket_connected",
                 "1 while the lemond log WebSocket is connected",
