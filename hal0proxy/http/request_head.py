@@ -180,6 +180,8 @@ def _parse_simple_head(buf: bytes, end: int) -> FastHead | int:
     if match is None:
         return SLOW
     method, target, section = match.groups()
+    if target[:1] != b"/":
+        return SLOW  # absolute-form (or "*"): rare, and normalised on the general path (origin_form)
     underscores = b"_" in section  # one scan of the head, not one per header name
     headers: list[tuple[bytes, bytes]] = []
     content_length = 0
@@ -278,3 +280,21 @@ def check_slow_head(head: bytes) -> bool:
             )
         raise BadRequest("malformed Transfer-Encoding")
     return True
+
+
+def origin_form(target: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A request in absolute-form (``GET http://host/path``) as the origin-form the rest of the
+    proxy reads: RFC 9112 §3.2.2 has a server accept it, use the target's path, and take the
+    host from the target rather than from the Host field. Any other target is returned as is."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return target, headers
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i != -1), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if not authority:
+        return target, headers
+    if not path.startswith(b"/"):
+        path = b"/" + path  # "http://host" and "http://host?q" name the root
+    fields = [(name, value) for name, value in headers if name != b"host"]
+    fields.insert(0, (b"host", authority))
+    return path, fields

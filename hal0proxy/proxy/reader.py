@@ -20,7 +20,15 @@ from hal0proxy.http.framing import ChunkedScanner, FramingError
 from hal0proxy.http.headers import connection_tokens
 from hal0proxy.http.messages import HttpRequest
 from hal0proxy.http.problems import BadRequest
-from hal0proxy.http.request_head import NEED_MORE, SLOW, FastHead, HeadTemplate, check_slow_head, parse_request_head
+from hal0proxy.http.request_head import (
+    NEED_MORE,
+    SLOW,
+    FastHead,
+    HeadTemplate,
+    check_slow_head,
+    origin_form,
+    parse_request_head,
+)
 
 _FAKE_RESPONSE = h11.Response(status_code=200, headers=[(b"content-length", b"0")])
 _FAKE_END = h11.EndOfMessage()
@@ -279,6 +287,8 @@ class RequestReader:
         if template is not None:  # a repeated head: its path is already decoded
             path, query = template.path, template.query
             return HttpRequest(method, target, path, query, headers, body, version, self.peer_host, template)
+        if target[:1] != b"/":
+            target, headers = origin_form(target, headers)
         raw_path, _, query = target.partition(b"?")
         return HttpRequest(method, target, raw_path.decode("latin-1"), query, headers, body, version, self.peer_host)
 

@@ -207,10 +207,11 @@ def _heads() -> list[Case]:
         ),
         Case("http10_closes", b"GET /v1/models HTTP/1.0\r\n\r\n", 200, None, True, method=b"GET"),
         Case(
+            # Accepted as origin-form (RFC 9112 §3.2.2): /v1/x, which has no default slot.
             "absolute_form_target",
             head("Host: t", start="GET http://t/v1/x HTTP/1.1"),
-            404,
-            "resource.not_found",
+            400,
+            "request.missing_model",
             False,
             method=b"GET",
         ),

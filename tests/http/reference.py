@@ -31,8 +31,8 @@ def reference_request_head(buf: bytes) -> Parsed | int:
         return NEED_MORE
     line_end = buf.find(b"\r\n", 0, end + 2)
     match = _REQUEST_LINE.match(buf, 0, line_end)
-    if match is None:
-        return SLOW
+    if match is None or not match.group(2).startswith(b"/"):
+        return SLOW  # absolute-form and "*" targets take the general path
     section = buf[line_end + 2 : end + 2]
     if _FIELD_SECTION.fullmatch(section) is None:
         return SLOW
