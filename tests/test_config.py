@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from hal0proxy.config import ConfigError, load_config, parse_config, parse_lemond_url, parse_listen
 from tests.support.emulator import REPO
+from tests.support.proxy import terminate
 
 EXAMPLE = REPO / "docs" / "hal0proxy.example.toml"
 
@@ -192,12 +192,7 @@ def _listening_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+    terminate(proc)
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()

@@ -91,7 +91,7 @@ def start_proxy(lemond_url: str, config_toml: str = "", *extra: str, startup_tim
     raise RuntimeError(f"proxy did not come up:\n{proxy.log_text()}")
 
 
-def terminate(proc: subprocess.Popen[bytes]) -> None:
+def terminate(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
     """SIGTERM, then SIGKILL if the process has not exited within 10 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
