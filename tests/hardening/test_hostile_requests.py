@@ -15,7 +15,7 @@ import pytest
 
 from tests.hardening.children import ScriptedChild
 from tests.hardening.corpus_requests import CASES, CHAT, Case
-from tests.hardening.wire import one_shot, request
+from tests.hardening.wire import loopback_request, one_shot, request
 from tests.http.test_reason_phrases import STANDARD
 from tests.support.emulator import start_emulator
 from tests.support.proxy import ProxyProcess, start_proxy
@@ -90,31 +90,39 @@ def test_hostile_request(rig: tuple[ProxyProcess, ScriptedChild], case: Case) ->
 ADMIN_TOKEN = "s3cret-token"
 
 
-def admin_request(method: str, path: str, headers: list[tuple[str, str]] | None = None) -> bytes:
-    return request(method, path, headers=headers).replace(b"Host: t\r\n", b"Host: localhost\r\n", 1)
-
-
 NAMED = [
     # A slot segment may be any lemond model name: only what cannot name anything is refused.
-    Case("name_uppercase", admin_request("GET", "/api/slots/UPPER"), 404, "slot.not_found", False, method=b"GET"),
+    Case("name_uppercase", loopback_request("GET", "/api/slots/UPPER"), 404, "slot.not_found", False, method=b"GET"),
     Case(
-        "name_dotdot", admin_request("GET", "/api/slots/..%2f..%2fetc"), 400, "slot.invalid_name", False, method=b"GET"
-    ),
-    Case("name_dot", admin_request("GET", "/api/slots/a.b"), 404, "slot.not_found", False, method=b"GET"),
-    Case(
-        "name_257_chars",
-        admin_request("GET", "/api/slots/" + "a" * 257),
+        "name_dotdot",
+        loopback_request("GET", "/api/slots/..%2f..%2fetc"),
         400,
         "slot.invalid_name",
         False,
         method=b"GET",
     ),
-    Case("name_leading_dash", admin_request("GET", "/api/slots/-a"), 404, "slot.not_found", False, method=b"GET"),
+    Case("name_dot", loopback_request("GET", "/api/slots/a.b"), 404, "slot.not_found", False, method=b"GET"),
     Case(
-        "name_encoded_space", admin_request("GET", "/api/slots/a%20b"), 400, "slot.invalid_name", False, method=b"GET"
+        "name_257_chars",
+        loopback_request("GET", "/api/slots/" + "a" * 257),
+        400,
+        "slot.invalid_name",
+        False,
+        method=b"GET",
     ),
-    Case("name_encoded_nul", admin_request("GET", "/api/slots/a%00b"), 400, "slot.invalid_name", False, method=b"GET"),
-    Case("name_not_utf8", admin_request("GET", "/api/slots/a%ffb"), 400, "slot.invalid_name", False, method=b"GET"),
+    Case("name_leading_dash", loopback_request("GET", "/api/slots/-a"), 404, "slot.not_found", False, method=b"GET"),
+    Case(
+        "name_encoded_space",
+        loopback_request("GET", "/api/slots/a%20b"),
+        400,
+        "slot.invalid_name",
+        False,
+        method=b"GET",
+    ),
+    Case(
+        "name_encoded_nul", loopback_request("GET", "/api/slots/a%00b"), 400, "slot.invalid_name", False, method=b"GET"
+    ),
+    Case("name_not_utf8", loopback_request("GET", "/api/slots/a%ffb"), 400, "slot.invalid_name", False, method=b"GET"),
     Case(
         "name_non_ascii",
         b"GET /api/slots/\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -123,18 +131,20 @@ NAMED = [
         False,
         method=b"GET",
     ),
-    Case("name_checked_before_auth", admin_request("POST", "/api/slots/a%2Fb/load"), 400, "slot.invalid_name", False),
-    Case("admin_without_token", admin_request("POST", "/api/slots/primary/load"), 401, "auth.required", False),
+    Case(
+        "name_checked_before_auth", loopback_request("POST", "/api/slots/a%2Fb/load"), 400, "slot.invalid_name", False
+    ),
+    Case("admin_without_token", loopback_request("POST", "/api/slots/primary/load"), 401, "auth.required", False),
     Case(
         "admin_wrong_token",
-        admin_request("POST", "/api/slots/primary/load", headers=[("Authorization", "Bearer nope")]),
+        loopback_request("POST", "/api/slots/primary/load", headers=[("Authorization", "Bearer nope")]),
         403,
         "auth.forbidden",
         False,
     ),
     Case(
         "admin_wrong_method",
-        admin_request("DELETE", "/api/slots/primary"),
+        loopback_request("DELETE", "/api/slots/primary"),
         405,
         "request.method_not_allowed",
         False,
@@ -142,18 +152,18 @@ NAMED = [
     ),
     Case(
         "admin_get_on_action",
-        admin_request("GET", "/api/slots/primary/load"),
+        loopback_request("GET", "/api/slots/primary/load"),
         405,
         "request.method_not_allowed",
         False,
         method=b"GET",
     ),
-    Case("admin_unknown_slot", admin_request("GET", "/api/slots/nope"), 404, "slot.not_found", False, method=b"GET"),
+    Case("admin_unknown_slot", loopback_request("GET", "/api/slots/nope"), 404, "slot.not_found", False, method=b"GET"),
     # A page rebinding its own name to 127.0.0.1 sends that name as Host: refused, not read.
     Case("admin_rebound_host", request("GET", "/api/slots/primary"), 403, "auth.forbidden", False, method=b"GET"),
     Case(
         "admin_deep_path",
-        admin_request("GET", "/api/slots/primary/x/y"),
+        loopback_request("GET", "/api/slots/primary/x/y"),
         404,
         "resource.not_found",
         False,

@@ -117,6 +117,14 @@ def request(method: str, path: str, body: bytes = b"", headers: list[tuple[str, 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def loopback_request(
+    method: str, path: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None
+) -> bytes:
+    """``request`` naming a loopback ``Host``, as the admin endpoints and what the status page
+    reads require of a client trusted for coming from loopback (DNS rebinding)."""
+    return request(method, path, body, headers).replace(b"Host: t\r\n", b"Host: localhost\r\n", 1)
+
+
 def one_shot(port: int, raw: bytes, method: bytes = b"GET", timeout: float = 10.0) -> tuple[Answer, Conn]:
     conn = Conn(port, timeout)
     conn.send(raw)

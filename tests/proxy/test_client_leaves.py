@@ -223,7 +223,7 @@ def test_an_event_subscriber_that_leaves_is_gone_at_once(rig: Rig) -> None:
     proxy = rig.proxy
     open_before = _metric(proxy, "connections_open")
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    sock.sendall(b"GET /api/v1/adapter/events HTTP/1.1\r\nHost: t\r\n\r\n")
+    sock.sendall(b"GET /api/v1/adapter/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
     got = b""
     while b"event: snapshot" not in got:
         data = sock.recv(65536)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.hardening.wire import Answer, Conn, request
+from tests.hardening.wire import Answer, Conn, loopback_request
 from tests.support.emulator import EmulatorProcess, start_emulator, wait_until
 from tests.support.proxy import ProxyProcess, start_proxy
 
@@ -56,13 +56,13 @@ def _head_then_health(port: int, path: str, headers: list[tuple[str, str]] | Non
     """HEAD ``path`` and GET /healthz in one write; both answers read in step."""
     conn = Conn(port)
     try:
-        conn.send(request("HEAD", path, headers=headers) + request("GET", "/healthz"))
+        conn.send(loopback_request("HEAD", path, headers=headers) + loopback_request("GET", "/healthz"))
         head = conn.read_answer(b"HEAD")
         follow = conn.read_answer(b"GET")
         assert follow.raw_head.startswith(b"HTTP/1.1 200 OK\r\n"), (head.raw_head, follow.raw_head, conn.buf)
         assert follow.body == HEALTH
         # Still in step: nothing is left over, and the connection takes one more request.
-        conn.send(request("GET", "/healthz"))
+        conn.send(loopback_request("GET", "/healthz"))
         again = conn.read_answer(b"GET")
         assert again.status == 200 and again.body == HEALTH and conn.buf == b""
         return head
@@ -73,7 +73,7 @@ def _head_then_health(port: int, path: str, headers: list[tuple[str, str]] | Non
 def _get(port: int, path: str, headers: list[tuple[str, str]] | None = None) -> Answer:
     conn = Conn(port)
     try:
-        conn.send(request("GET", path, headers=headers))
+        conn.send(loopback_request("GET", path, headers=headers))
         return conn.read_answer(b"GET")
     finally:
         conn.close()
@@ -120,7 +120,7 @@ def test_401_for_a_missing_api_key_names_the_bearer_scheme(keyed: ProxyProcess) 
     """RFC 9110 §11.6.1: a 401 carries WWW-Authenticate; 403 (a wrong key) needs none."""
     conn = Conn(keyed.port)
     try:
-        conn.send(request("POST", "/v1/chat/completions", b'{"model":"m","messages":[]}'))
+        conn.send(loopback_request("POST", "/v1/chat/completions", b'{"model":"m","messages":[]}'))
         refused = conn.read_answer(b"POST")
     finally:
         conn.close()
