@@ -140,10 +140,12 @@ class AdminApi:
 
     def _token_presented(self, req: HttpRequest) -> bool:
         """Whether the request carries the configured admin token."""
-        value = req.header(b"authorization") or b""
-        if self.admin_token is None or not value.lower().startswith(b"bearer "):
-            return False
-        return hmac.compare_digest(value[7:].strip(), self.admin_token.encode())
+        presented = _bearer(req)
+        return self.admin_token is not None and presented is not None and self._token_matches(presented)
+
+    def _token_matches(self, presented: bytes) -> bool:
+        assert self.admin_token is not None
+        return hmac.compare_digest(presented, self.admin_token.encode())
 
     def _check_loopback_host(self, req: HttpRequest) -> None:
         """A request trusted only for coming from loopback must name a loopback host: a page
@@ -171,15 +173,15 @@ class AdminApi:
                 raise ProxyError(403, "auth.forbidden", "admin endpoints are loopback-only when no token is configured")
             self._check_loopback_host(req)
             return
-        value = req.header(b"authorization") or b""
-        if not value.lower().startswith(b"bearer "):
+        presented = _bearer(req)
+        if presented is None:
             raise ProxyError(
                 401,
                 "auth.required",
                 "this endpoint needs the admin bearer token",
                 headers=((b"www-authenticate", b"Bearer"),),
             )
-        if not hmac.compare_digest(value[7:].strip(), self.admin_token.encode()):
+        if not self._token_matches(presented):
             raise ProxyError(403, "auth.forbidden", "the admin token is not valid")
 
     def _events(self) -> StreamResponse:
@@ -213,6 +215,12 @@ class AdminApi:
 
 def _json(status: int, payload: Any) -> FullResponse:
     return FullResponse(json_response(status, payload))
+
+
+def _bearer(req: HttpRequest) -> bytes | None:
+    """The credential of an ``Authorization: Bearer …`` field, or ``None`` without one."""
+    value = req.header(b"authorization") or b""
+    return value[7:].strip() if value.lower().startswith(b"bearer ") else None
 
 
 def slot_json(slot: Slot, controller: Controller) -> dict[str, Any]:
